@@ -1,0 +1,19 @@
+//! The Rust client of an Ember cluster: submit SQL, follow the job, stream its result.
+//!
+//! ```no_run
+//! # async fn demo() -> ember_core::Result<()> {
+//! use ember_client::EmbeddedCluster;
+//! // A scheduler and two executors in this process, talking over loopback gRPC/Flight.
+//! let cluster = EmbeddedCluster::start(2, 1).await?;
+//! let client = cluster.client().await?;
+//! let result = client.sql("SELECT 1 + 1 AS two").await?;
+//! assert_eq!(result.num_rows(), 1);
+//! cluster.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod client;
+mod embedded;
+
+pub use client::{EmberClient, QueryResult};
+pub use embedded::EmbeddedCluster;

@@ -1,0 +1,103 @@
+//! Job, stage and task descriptions shared by the scheduler, executors and clients.
+
+use bytes::Bytes;
+
+use crate::ids::{ExecutorId, JobId, TaskId};
+use crate::metrics::ExecutorMetrics;
+use crate::shuffle::PartitionLocation;
+
+/// What an executor offers the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecutorSpec {
+    pub id: ExecutorId,
+    /// `host:port` that peers dial for the executor's gRPC and Flight services.
+    pub address: String,
+    /// How many tasks it runs at once.
+    pub slots: u32,
+}
+
+/// Rows and encoded bytes of one output partition of one map task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// How a task attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TaskOutcome {
+    Succeeded {
+        /// One entry per output partition of the stage.
+        partitions: Vec<PartitionStats>,
+        /// Rows this task read from table files.
+        rows_scanned: u64,
+    },
+    Failed {
+        message: String,
+        user_error: bool,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskStatus {
+    pub task_id: TaskId,
+    pub executor_id: ExecutorId,
+    pub outcome: TaskOutcome,
+}
+
+/// A task as the scheduler hands it to an executor.
+#[derive(Debug, Clone)]
+pub struct TaskDefinition {
+    pub task_id: TaskId,
+    /// The stage plan (root: `ShuffleWriterExec`), encoded by `ember-proto`.
+    pub plan: Bytes,
+    /// DataFusion configuration for the task (`datafusion.*` keys).
+    pub settings: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+/// What a client sees of a job.
+#[derive(Debug, Clone)]
+pub struct JobStatus {
+    pub job_id: JobId,
+    pub state: JobState,
+    pub error: Option<String>,
+    pub stages_total: u32,
+    pub stages_completed: u32,
+    pub tasks_total: u32,
+    pub tasks_completed: u32,
+    pub elapsed_ms: u64,
+    /// Arrow IPC encoded schema of the result.
+    pub result_schema: Bytes,
+    /// Where the result lies: per output partition, in order.
+    pub result_partitions: Vec<Vec<PartitionLocation>>,
+    /// A result computed on the scheduler itself, as an Arrow IPC stream.
+    pub inline_result: Bytes,
+    /// Bytes written to shuffle by all stages of the job.
+    pub shuffle_bytes: u64,
+}
+
+/// An executor as the scheduler reports it.
+#[derive(Debug, Clone)]
+pub struct ExecutorInfo {
+    pub spec: ExecutorSpec,
+    pub metrics: ExecutorMetrics,
+    pub running_tasks: u32,
+}

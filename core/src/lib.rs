@@ -1,0 +1,20 @@
+//! Ember's shared domain: ids, job/stage/task descriptions, errors, and the distributed execution
+//! operators (shuffle writer and reader) that every process runs.
+//!
+//! Nothing in this crate knows Ember's wire format (`ember-proto` does) or runs a server.
+
+pub mod error;
+pub mod ids;
+pub mod job;
+pub mod metrics;
+pub mod session;
+pub mod shuffle;
+
+pub use error::{EmberError, Result};
+pub use ids::{ExecutorId, JobId, StageId, TaskId};
+
+/// Version of the scheduler⇄executor protocol; registration refuses a mismatch.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest gRPC message any Ember service or client accepts (plans listing many files are big).
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 512 * 1024 * 1024;

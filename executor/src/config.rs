@@ -1,0 +1,69 @@
+//! The executor's options, each declared once: flag, environment variable, default and doc.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(about = "Ember executor options")]
+pub struct ExecutorConfig {
+    /// Scheduler to register with, as http://HOST:PORT.
+    #[arg(
+        long = "scheduler",
+        env = "EMBER_SCHEDULER_URL",
+        default_value = "http://127.0.0.1:50050"
+    )]
+    pub scheduler_url: String,
+
+    /// Address the executor's gRPC and Flight services listen on (port 0 picks a free port).
+    #[arg(
+        long = "bind",
+        env = "EMBER_EXECUTOR_BIND",
+        default_value = "127.0.0.1:50051"
+    )]
+    pub bind: String,
+
+    /// Address the scheduler and other executors dial, when it differs from --bind.
+    #[arg(long, env = "EMBER_EXECUTOR_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+
+    /// Write the port the executor bound to this file once it listens.
+    #[arg(long, env = "EMBER_EXECUTOR_PORT_FILE")]
+    pub port_file: Option<PathBuf>,
+
+    /// Tasks run at once; 0 means one per CPU core.
+    #[arg(long, env = "EMBER_EXECUTOR_SLOTS", default_value_t = 0)]
+    pub slots: usize,
+
+    /// Directory for spilled shuffle data (default: a fresh temporary directory).
+    #[arg(long, env = "EMBER_EXECUTOR_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+
+    /// This executor's id (default: a random one).
+    #[arg(long, env = "EMBER_EXECUTOR_ID")]
+    pub executor_id: Option<String>,
+
+    /// Milliseconds between heartbeats to the scheduler.
+    #[arg(long, env = "EMBER_HEARTBEAT_INTERVAL_MS", default_value_t = 2000)]
+    pub heartbeat_interval_ms: u64,
+
+    /// Encoded shuffle bytes one task buffers in memory before spilling to disk, in MiB.
+    #[arg(long, env = "EMBER_SHUFFLE_MEMORY_MB", default_value_t = 64)]
+    pub shuffle_memory_mb: usize,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        ExecutorConfig::parse_from(["executor"])
+    }
+}
+
+impl ExecutorConfig {
+    pub fn effective_slots(&self) -> usize {
+        if self.slots > 0 {
+            self.slots
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        }
+    }
+}

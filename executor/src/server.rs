@@ -1,0 +1,158 @@
+//! Starting and stopping an executor: its store, task runner, gRPC + Flight server and its
+//! link to the scheduler.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow_flight::flight_service_server::FlightServiceServer;
+use ember_core::job::ExecutorSpec;
+use ember_core::metrics::ExecutorCounters;
+use ember_core::shuffle::{FlightFetcher, ShuffleConfig, ShuffleEnv, ShuffleStore};
+use ember_core::{EmberError, ExecutorId, Result};
+use ember_proto::pb::executor_service_server::ExecutorServiceServer;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::ExecutorConfig;
+use crate::runner::TaskRunner;
+use crate::scheduler_link::{SchedulerLink, membership_loop, report_loop};
+use crate::service::{ExecutorGrpc, ShuffleFlight};
+
+/// A running executor.
+pub struct ExecutorHandle {
+    pub executor_id: ExecutorId,
+    pub local_addr: SocketAddr,
+    pub counters: Arc<ExecutorCounters>,
+    pub store: Arc<ShuffleStore>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    runner: Arc<TaskRunner>,
+    _work_dir: Option<tempfile::TempDir>,
+}
+
+impl ExecutorHandle {
+    /// Stops: no new work, running tasks are cancelled, servers and loops end.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.runner.wait().await;
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    /// Resolves when the executor stopped on its own (for example the scheduler refused it).
+    pub async fn stopped(&self) {
+        self.shutdown.cancelled().await
+    }
+}
+
+/// Binds `config.bind`, serves tasks and shuffle data, and joins the scheduler.
+pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
+    let listener = TcpListener::bind(&config.bind)
+        .await
+        .map_err(|e| EmberError::User(format!("cannot listen on {}: {e}", config.bind)))?;
+    let local_addr = listener.local_addr()?;
+    let advertise = advertised_address(config.advertise_addr.as_deref(), local_addr)?;
+    let link = SchedulerLink::new(&config.scheduler_url)?;
+    let executor_id = config
+        .executor_id
+        .clone()
+        .map(ExecutorId::from)
+        .unwrap_or_else(ExecutorId::new_random);
+    let (work_dir, temp) = match &config.work_dir {
+        Some(dir) => (dir.join(executor_id.as_str()), None),
+        None => {
+            let temp = tempfile::Builder::new()
+                .prefix("ember-executor-")
+                .tempdir()?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    let counters = Arc::new(ExecutorCounters::default());
+    let store = Arc::new(ShuffleStore::new(work_dir)?);
+    let env = Arc::new(ShuffleEnv {
+        executor_id: executor_id.clone(),
+        store: Arc::clone(&store),
+        fetcher: Arc::new(FlightFetcher::new()),
+        counters: Arc::clone(&counters),
+        config: ShuffleConfig {
+            memory_budget: config.shuffle_memory_mb.max(1) * 1024 * 1024,
+            ..ShuffleConfig::default()
+        },
+    });
+    let shutdown = CancellationToken::new();
+    let (reports_tx, reports_rx) = mpsc::unbounded_channel();
+    let slots = config.effective_slots();
+    let runner = Arc::new(TaskRunner::new(env, slots, reports_tx, shutdown.clone()));
+    let tasks = TaskTracker::new();
+
+    let grpc =
+        ExecutorServiceServer::new(ExecutorGrpc::new(Arc::clone(&runner), Arc::clone(&store)))
+            .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
+    let flight = FlightServiceServer::new(ShuffleFlight::new(
+        Arc::clone(&store),
+        Arc::clone(&counters),
+    ))
+    .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
+    .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        let served = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(grpc)
+            .add_service(flight)
+            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "executor server stopped");
+        }
+    });
+
+    let spec = ExecutorSpec {
+        id: executor_id.clone(),
+        address: advertise,
+        slots: slots as u32,
+    };
+    let interval = Duration::from_millis(config.heartbeat_interval_ms.max(10));
+    let metrics_counters = Arc::clone(&counters);
+    tasks.spawn(membership_loop(
+        link.clone(),
+        spec,
+        interval,
+        move || metrics_counters.snapshot(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(report_loop(link, reports_rx, shutdown.clone()));
+    if let Some(path) = &config.port_file {
+        std::fs::write(path, local_addr.port().to_string())?;
+    }
+    tracing::info!(executor = %executor_id, %local_addr, slots, "executor listening");
+    Ok(ExecutorHandle {
+        executor_id,
+        local_addr,
+        counters,
+        store,
+        shutdown,
+        tasks,
+        runner,
+        _work_dir: temp,
+    })
+}
+
+/// What peers dial: `--advertise-addr`, or the bound address unless it is a wildcard.
+pub fn advertised_address(advertise: Option<&str>, bound: SocketAddr) -> Result<String> {
+    match advertise {
+        Some(a) if a.ends_with(":0") || !a.contains(':') => {
+            Ok(format!("{}:{}", a.trim_end_matches(":0"), bound.port()))
+        }
+        Some(a) => Ok(a.to_string()),
+        None if bound.ip().is_unspecified() => Err(EmberError::User(format!(
+            "bound to {bound}: give --advertise-addr with the address peers should dial"
+        ))),
+        None => Ok(bound.to_string()),
+    }
+}

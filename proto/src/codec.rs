@@ -1,0 +1,163 @@
+//! Physical plans on the wire: datafusion-proto for DataFusion's operators, plus this codec for
+//! Ember's own (`ShuffleWriterExec`, `ShuffleReaderExec`).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::datatypes::Schema;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::physical_plan::{ExecutionPlan, Partitioning};
+use datafusion_proto::bytes::{
+    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+};
+use datafusion_proto::physical_plan::from_proto::parse_protobuf_partitioning;
+use datafusion_proto::physical_plan::to_proto::serialize_partitioning;
+use datafusion_proto::physical_plan::{
+    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
+};
+use datafusion_proto::protobuf;
+use ember_core::shuffle::{
+    ShuffleOutput, ShuffleReaderExec, ShuffleWriterExec, schema_from_bytes, schema_to_bytes,
+};
+use prost::Message;
+
+use crate::convert::{locations_from_proto, locations_to_proto};
+use crate::pb;
+
+/// Encodes a physical plan (which may hold Ember's operators) to bytes.
+pub fn encode_plan(plan: Arc<dyn ExecutionPlan>) -> Result<Bytes> {
+    physical_plan_to_bytes_with_extension_codec(plan, &EmberPhysicalCodec)
+}
+
+/// Decodes a plan made by [`encode_plan`], resolving functions and formats through `ctx`.
+pub fn decode_plan(bytes: &[u8], ctx: &TaskContext) -> Result<Arc<dyn ExecutionPlan>> {
+    physical_plan_from_bytes_with_extension_codec(bytes, ctx, &EmberPhysicalCodec)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EmberPhysicalCodec;
+
+fn wire_err(e: impl std::fmt::Display) -> DataFusionError {
+    DataFusionError::Internal(format!("malformed Ember plan node: {e}"))
+}
+
+impl EmberPhysicalCodec {
+    fn encode_partitioning(
+        &self,
+        partitioning: &Partitioning,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Bytes> {
+        let proto = serialize_partitioning(partitioning, self, proto_converter)?;
+        Ok(proto.encode_to_vec().into())
+    }
+
+    fn decode_partitioning(
+        &self,
+        bytes: &[u8],
+        ctx: &TaskContext,
+        schema: &Schema,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Partitioning> {
+        let proto = protobuf::Partitioning::decode(bytes).map_err(wire_err)?;
+        let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
+        parse_protobuf_partitioning(Some(&proto), &decode_ctx, schema, proto_converter)?
+            .ok_or_else(|| wire_err("missing partitioning"))
+    }
+}
+
+impl PhysicalExtensionCodec for EmberPhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let node = pb::EmberPlanNode::decode(buf).map_err(wire_err)?;
+        match node.node.ok_or_else(|| wire_err("empty node"))? {
+            pb::ember_plan_node::Node::ShuffleWriter(w) => {
+                let [input] = inputs else {
+                    return Err(wire_err("ShuffleWriterExec needs one input"));
+                };
+                let output = match w.output.ok_or_else(|| wire_err("writer without output"))? {
+                    pb::shuffle_writer_node::Output::PassThrough(n) => {
+                        ShuffleOutput::PassThrough(n as usize)
+                    }
+                    pb::shuffle_writer_node::Output::Hash(bytes) => ShuffleOutput::Hash(
+                        self.decode_partitioning(&bytes, ctx, &input.schema(), proto_converter)?,
+                    ),
+                };
+                Ok(Arc::new(ShuffleWriterExec::new(
+                    w.job_id,
+                    w.stage_id,
+                    Arc::clone(input),
+                    output,
+                )))
+            }
+            pb::ember_plan_node::Node::ShuffleReader(r) => {
+                let schema = Arc::new(schema_from_bytes(&r.schema).map_err(wire_err)?);
+                let mut locations = locations_from_proto(r.locations).map_err(wire_err)?;
+                if locations.is_empty() {
+                    locations = vec![Vec::new(); r.partitions as usize];
+                }
+                if locations.len() != r.partitions as usize {
+                    return Err(wire_err("reader locations do not match its partitions"));
+                }
+                let partitioning = if r.hash_partitioning.is_empty() {
+                    Partitioning::UnknownPartitioning(locations.len())
+                } else {
+                    self.decode_partitioning(&r.hash_partitioning, ctx, &schema, proto_converter)?
+                };
+                Ok(Arc::new(ShuffleReaderExec::with_locations(
+                    r.stage_id,
+                    schema,
+                    partitioning,
+                    locations,
+                )))
+            }
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let node = if let Some(w) = node.downcast_ref::<ShuffleWriterExec>() {
+            let output = match w.output() {
+                ShuffleOutput::PassThrough(n) => {
+                    pb::shuffle_writer_node::Output::PassThrough(*n as u32)
+                }
+                ShuffleOutput::Hash(p) => pb::shuffle_writer_node::Output::Hash(
+                    self.encode_partitioning(p, proto_converter)?,
+                ),
+            };
+            pb::ember_plan_node::Node::ShuffleWriter(pb::ShuffleWriterNode {
+                job_id: w.job_id().to_string(),
+                stage_id: w.stage_id(),
+                output: Some(output),
+            })
+        } else if let Some(r) = node.downcast_ref::<ShuffleReaderExec>() {
+            pb::ember_plan_node::Node::ShuffleReader(pb::ShuffleReaderNode {
+                stage_id: r.stage_id(),
+                schema: schema_to_bytes(&r.schema()),
+                partitions: r.partitions() as u32,
+                locations: locations_to_proto(r.locations()),
+                hash_partitioning: match r.partitioning() {
+                    p @ Partitioning::Hash(..) => self.encode_partitioning(p, proto_converter)?,
+                    _ => Bytes::new(),
+                },
+            })
+        } else {
+            return Err(DataFusionError::NotImplemented(format!(
+                "{} cannot be sent to executors",
+                node.name()
+            )));
+        };
+        pb::EmberPlanNode { node: Some(node) }
+            .encode(buf)
+            .map_err(|e| DataFusionError::Internal(format!("encoding plan node: {e}")))
+    }
+}

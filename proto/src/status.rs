@@ -1,0 +1,73 @@
+//! `EmberError` ⇄ `tonic::Status`, in exactly one place.
+//!
+//! The gRPC code says who is at fault (`InvalidArgument`/`NotFound` for the caller,
+//! `Unavailable` for a retryable fault, `Internal` for a bug); a metadata key carries the
+//! fetch-failure details so the other side gets its typed error back.
+
+use ember_core::EmberError;
+use tonic::{Code, Status};
+
+const KIND: &str = "ember-error-kind";
+
+pub fn status_from_error(e: &EmberError) -> Status {
+    let (code, kind) = match e {
+        EmberError::JobNotFound { .. } | EmberError::ExecutorNotFound { .. } => {
+            (Code::NotFound, "not-found")
+        }
+        EmberError::ProtocolMismatch { .. } => (Code::FailedPrecondition, "protocol"),
+        EmberError::InvalidMessage(_) => (Code::InvalidArgument, "invalid-message"),
+        EmberError::Cancelled => (Code::Cancelled, "cancelled"),
+        EmberError::FetchFailed { .. } => (Code::Unavailable, "fetch-failed"),
+        EmberError::Unavailable(_) => (Code::Unavailable, "unavailable"),
+        e if e.is_user_error() => (Code::InvalidArgument, "user"),
+        _ => (Code::Internal, "internal"),
+    };
+    let mut status = Status::new(code, e.to_string());
+    if let Ok(v) = kind.parse() {
+        status.metadata_mut().insert(KIND, v);
+    }
+    status
+}
+
+pub fn error_from_status(status: &Status) -> EmberError {
+    let kind = status
+        .metadata()
+        .get(KIND)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let message = status.message().to_string();
+    match (status.code(), kind) {
+        (Code::Cancelled, _) => EmberError::Cancelled,
+        (_, "user") | (_, "not-found") | (_, "protocol") => EmberError::User(message),
+        (_, "invalid-message") => EmberError::InvalidMessage(message),
+        (Code::Unavailable, _) => EmberError::Unavailable(if message.is_empty() {
+            format!("peer unavailable ({})", status.code())
+        } else {
+            message
+        }),
+        (Code::InvalidArgument, _) | (Code::NotFound, _) => EmberError::User(message),
+        _ => EmberError::Internal(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_errors_stay_user_errors_across_the_wire() {
+        let cases = [
+            (EmberError::User("no such table".into()), true),
+            (EmberError::JobNotFound { job_id: "j".into() }, true),
+            (EmberError::Internal("bug".into()), false),
+            (EmberError::Unavailable("down".into()), false),
+        ];
+        for (e, user) in cases {
+            let back = error_from_status(&status_from_error(&e));
+            assert_eq!(back.is_user_error(), user, "{e}");
+            assert!(
+                back.to_string().contains(&e.to_string()) || matches!(back, EmberError::Cancelled)
+            );
+        }
+    }
+}

@@ -1,0 +1,164 @@
+//! The executors the scheduler knows, their free task slots, and how tasks are placed on them.
+//!
+//! Executors join through [`ExecutorMembership`] — today by registering with the scheduler
+//! directly; a coordination service can feed the same seam. The slot bookkeeping is pure.
+
+use std::collections::BTreeMap;
+
+use ember_core::ExecutorId;
+use ember_core::job::{ExecutorInfo, ExecutorSpec};
+use ember_core::metrics::ExecutorMetrics;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    spec: ExecutorSpec,
+    running: u32,
+    metrics: ExecutorMetrics,
+    last_seen_ms: u64,
+}
+
+/// How executors join and leave; the scheduler's view of membership.
+pub trait ExecutorMembership: Send + Sync {
+    /// An executor announced itself (or announced itself again after a restart).
+    fn register(&mut self, spec: ExecutorSpec, now_ms: u64);
+    /// Liveness and counters; false when the executor is unknown (it must register again).
+    fn heartbeat(&mut self, id: &ExecutorId, metrics: ExecutorMetrics, now_ms: u64) -> bool;
+    /// Executors not heard from for `timeout_ms`: removed and returned.
+    fn expire(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<ExecutorId>;
+}
+
+#[derive(Debug, Default)]
+pub struct Cluster {
+    executors: BTreeMap<ExecutorId, Entry>,
+}
+
+impl ExecutorMembership for Cluster {
+    fn register(&mut self, spec: ExecutorSpec, now_ms: u64) {
+        let id = spec.id.clone();
+        self.executors.insert(
+            id,
+            Entry {
+                spec,
+                running: 0,
+                metrics: ExecutorMetrics::default(),
+                last_seen_ms: now_ms,
+            },
+        );
+    }
+
+    fn heartbeat(&mut self, id: &ExecutorId, metrics: ExecutorMetrics, now_ms: u64) -> bool {
+        match self.executors.get_mut(id) {
+            Some(e) => {
+                e.metrics = metrics;
+                e.last_seen_ms = now_ms;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn expire(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<ExecutorId> {
+        let gone: Vec<ExecutorId> = self
+            .executors
+            .iter()
+            .filter(|(_, e)| now_ms.saturating_sub(e.last_seen_ms) > timeout_ms)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            self.executors.remove(id);
+        }
+        gone
+    }
+}
+
+impl Cluster {
+    pub fn get(&self, id: &ExecutorId) -> Option<&ExecutorSpec> {
+        self.executors.get(id).map(|e| &e.spec)
+    }
+
+    pub fn total_slots(&self) -> u32 {
+        self.executors.values().map(|e| e.spec.slots).sum()
+    }
+
+    /// Takes a slot on the executor with the most free slots (ties: lowest id).
+    pub fn take_slot(&mut self) -> Option<ExecutorSpec> {
+        let entry = self
+            .executors
+            .values_mut()
+            .filter(|e| e.running < e.spec.slots)
+            .max_by(|a, b| {
+                (a.spec.slots - a.running)
+                    .cmp(&(b.spec.slots - b.running))
+                    .then_with(|| b.spec.id.cmp(&a.spec.id))
+            })?;
+        entry.running += 1;
+        Some(entry.spec.clone())
+    }
+
+    /// Frees a slot taken by a task that finished (or never started).
+    pub fn release_slot(&mut self, id: &ExecutorId) {
+        if let Some(e) = self.executors.get_mut(id) {
+            e.running = e.running.saturating_sub(1);
+        }
+    }
+
+    pub fn infos(&self) -> Vec<ExecutorInfo> {
+        self.executors
+            .values()
+            .map(|e| ExecutorInfo {
+                spec: e.spec.clone(),
+                metrics: e.metrics,
+                running_tasks: e.running,
+            })
+            .collect()
+    }
+
+    pub fn ids(&self) -> Vec<ExecutorId> {
+        self.executors.keys().cloned().collect()
+    }
+
+    pub fn addresses(&self) -> Vec<String> {
+        self.executors
+            .values()
+            .map(|e| e.spec.address.clone())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(id: &str, slots: u32) -> ExecutorSpec {
+        ExecutorSpec {
+            id: id.into(),
+            address: format!("{id}:1"),
+            slots,
+        }
+    }
+
+    #[test]
+    fn slots_spread_over_executors_and_run_out() {
+        let mut c = Cluster::default();
+        c.register(spec("a", 2), 0);
+        c.register(spec("b", 2), 0);
+        let picks: Vec<String> = (0..4)
+            .map(|_| c.take_slot().unwrap().id.to_string())
+            .collect();
+        assert_eq!(picks, ["a", "b", "a", "b"]);
+        assert!(c.take_slot().is_none());
+        c.release_slot(&"b".into());
+        assert_eq!(c.take_slot().unwrap().id.as_str(), "b");
+    }
+
+    #[test]
+    fn silent_executors_expire_and_unknown_heartbeats_ask_to_reregister() {
+        let mut c = Cluster::default();
+        c.register(spec("a", 1), 0);
+        c.register(spec("b", 1), 0);
+        assert!(c.heartbeat(&"a".into(), ExecutorMetrics::default(), 900));
+        assert_eq!(c.expire(1000, 500), vec![ExecutorId::from("b")]);
+        assert!(!c.heartbeat(&"b".into(), ExecutorMetrics::default(), 1000));
+        assert_eq!(c.ids(), vec![ExecutorId::from("a")]);
+    }
+}

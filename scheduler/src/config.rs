@@ -1,0 +1,54 @@
+//! The scheduler's options, each declared once: flag, environment variable, default and doc.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Clone, Parser)]
+#[command(about = "Ember scheduler options")]
+pub struct SchedulerConfig {
+    /// Address the scheduler's gRPC service listens on (port 0 picks a free port).
+    #[arg(
+        long = "bind",
+        env = "EMBER_SCHEDULER_BIND",
+        default_value = "127.0.0.1:50050"
+    )]
+    pub bind: String,
+
+    /// Address that executors and clients dial, when it differs from --bind (0.0.0.0, port 0).
+    #[arg(long, env = "EMBER_SCHEDULER_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+
+    /// Write the port the scheduler bound to this file once it listens (for scripts and tests).
+    #[arg(long, env = "EMBER_SCHEDULER_PORT_FILE")]
+    pub port_file: Option<PathBuf>,
+
+    /// Partitions per shuffle; 0 means the total task slots of the registered executors.
+    #[arg(long, env = "EMBER_TARGET_PARTITIONS", default_value_t = 0)]
+    pub target_partitions: usize,
+
+    /// An executor not heard from for this many seconds is considered lost.
+    #[arg(long, env = "EMBER_EXECUTOR_TIMEOUT_SECS", default_value_t = 15)]
+    pub executor_timeout_secs: u64,
+
+    /// How long a finished job's status and result stay available, in seconds.
+    #[arg(long, env = "EMBER_RESULT_TTL_SECS", default_value_t = 600)]
+    pub result_ttl_secs: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig::parse_from(["scheduler"])
+    }
+}
+
+impl SchedulerConfig {
+    pub fn executor_timeout(&self) -> Duration {
+        Duration::from_secs(self.executor_timeout_secs)
+    }
+
+    pub fn result_ttl(&self) -> Duration {
+        Duration::from_secs(self.result_ttl_secs)
+    }
+}

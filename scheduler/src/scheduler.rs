@@ -1,0 +1,711 @@
+//! The scheduler's driver: plans queries, keeps the job state machines and the executor slots
+//! under one lock, and performs what they decide (launch RPCs, data cleanup) outside it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use datafusion::arrow::array::{RecordBatch, StringArray};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use ember_core::job::{
+    ExecutorInfo, ExecutorSpec, JobState, JobStatus, TaskDefinition, TaskOutcome, TaskStatus,
+};
+use ember_core::metrics::{ExecutorMetrics, file_rows_scanned, reads_files};
+use ember_core::session::distributed_session_config;
+use ember_core::shuffle::{batches_to_ipc_stream, schema_to_bytes};
+use ember_core::{EmberError, ExecutorId, JobId, Result, TaskId};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::cluster::{Cluster, ExecutorMembership};
+use crate::config::SchedulerConfig;
+use crate::executor_client::ExecutorClients;
+use crate::planner::{StageGraph, plan_stages, resolve_readers};
+use crate::state::{Job, JobEvent};
+
+/// What a client asks the scheduler to run.
+#[derive(Debug, Clone)]
+pub enum Query {
+    Sql(String),
+    /// A DataFusion logical plan encoded with datafusion-proto.
+    LogicalPlan(Bytes),
+}
+
+/// A result computed on the scheduler itself (metadata statements, EXPLAIN, queries without
+/// table files).
+#[derive(Debug)]
+struct InlineJob {
+    schema: Bytes,
+    result: Bytes,
+    elapsed_ms: u64,
+    finished_ms: u64,
+}
+
+#[derive(Debug)]
+enum JobEntry {
+    Distributed(Job),
+    Inline(InlineJob),
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    jobs: BTreeMap<JobId, JobEntry>,
+    /// Distributed jobs not yet finished, in submission order.
+    active: Vec<JobId>,
+    cluster: Cluster,
+}
+
+/// A task to send to an executor.
+struct Launch {
+    executor: ExecutorSpec,
+    task: TaskDefinition,
+}
+
+/// Work to do after the lock is released.
+#[derive(Default)]
+struct Effects {
+    launches: Vec<Launch>,
+    cancels: Vec<(ExecutorId, TaskId)>,
+    remove_data: Vec<JobId>,
+}
+
+pub struct Scheduler {
+    config: SchedulerConfig,
+    ctx: SessionContext,
+    inner: Mutex<Inner>,
+    changes: watch::Sender<u64>,
+    clients: ExecutorClients,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+    started: Instant,
+    rows_scanned: AtomicU64,
+    me: Weak<Scheduler>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler").finish_non_exhaustive()
+    }
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Arc<Self> {
+        let session = distributed_session_config(SessionConfig::new());
+        Arc::new_cyclic(|me| Scheduler {
+            config,
+            ctx: SessionContext::new_with_config(session),
+            inner: Mutex::new(Inner::default()),
+            changes: watch::channel(0).0,
+            clients: ExecutorClients::default(),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            started: Instant::now(),
+            rows_scanned: AtomicU64::new(0),
+            me: me.clone(),
+        })
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn notify(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    /// Starts the background loop that expires silent executors and old jobs.
+    pub fn start_background(self: &Arc<Self>) {
+        let this = Arc::clone(self);
+        let token = self.shutdown.clone();
+        self.tasks.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = tick.tick() => this.housekeeping(),
+                }
+            }
+        });
+    }
+
+    /// Stops background work and waits for in-flight RPCs.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+    }
+
+    // ---- clients -------------------------------------------------------------------------
+
+    /// Plans and starts a query; returns its job id. Planning errors come back here.
+    pub async fn submit(
+        self: &Arc<Self>,
+        query: Query,
+        settings: Vec<(String, String)>,
+    ) -> Result<JobId> {
+        let start = Instant::now();
+        let job_id = JobId::new_random();
+        let partitions = self.shuffle_partitions();
+        let mut state = self.ctx.state();
+        {
+            let options = state.config_mut().options_mut();
+            options.execution.target_partitions = partitions;
+            for (k, v) in &settings {
+                options
+                    .set(k, v)
+                    .map_err(|e| EmberError::User(format!("setting {k}: {e}")))?;
+            }
+        }
+        let ctx = SessionContext::new_with_state(state);
+        let df = match query {
+            Query::Sql(sql) => ctx.sql(&sql).await?,
+            Query::LogicalPlan(bytes) => {
+                let plan =
+                    datafusion_proto::bytes::logical_plan_from_bytes(&bytes, &ctx.task_ctx())
+                        .map_err(|e| {
+                            EmberError::User(format!("cannot decode logical plan: {e}"))
+                        })?;
+                ctx.execute_logical_plan(plan).await?
+            }
+        };
+        let logical = df.logical_plan().clone();
+        if let LogicalPlan::Analyze(_) = logical {
+            return Err(EmberError::User(
+                "EXPLAIN ANALYZE is not supported yet; use EXPLAIN".into(),
+            ));
+        }
+        if let LogicalPlan::Explain(explain) = &logical {
+            let inner = ctx.state().create_physical_plan(&explain.plan).await?;
+            let graph = plan_stages(job_id.as_str(), Arc::clone(&inner), partitions)?;
+            let batch = explain_batch(&explain.plan, &inner, &graph)?;
+            self.finish_inline(job_id.clone(), batch.schema().as_ref(), &[batch], start)?;
+            return Ok(job_id);
+        }
+        let physical = df.create_physical_plan().await?;
+        if !reads_files(&physical) {
+            let batches = collect(Arc::clone(&physical), ctx.task_ctx()).await?;
+            self.rows_scanned
+                .fetch_add(file_rows_scanned(&physical), Ordering::Relaxed);
+            self.finish_inline(job_id.clone(), physical.schema().as_ref(), &batches, start)?;
+            return Ok(job_id);
+        }
+        let graph = plan_stages(job_id.as_str(), physical, partitions)?;
+        for stage in graph.stages.values() {
+            // Refuse a plan executors could not receive now, rather than fail it later.
+            ember_proto::encode_plan(Arc::clone(&stage.plan))?;
+        }
+        let task_settings = task_settings(&ctx, settings);
+        let job = Job::new(job_id.clone(), graph, task_settings, self.now_ms());
+        info!(job_id = %job_id, stages = job.stages.len(), "job submitted");
+        let effects = {
+            let mut inner = self.inner.lock();
+            inner
+                .jobs
+                .insert(job_id.clone(), JobEntry::Distributed(job));
+            inner.active.push(job_id.clone());
+            let mut effects = Effects::default();
+            self.advance(&mut inner, &job_id, &mut effects);
+            self.assign(&mut inner, &mut effects);
+            effects
+        };
+        self.apply(effects);
+        self.notify();
+        Ok(job_id)
+    }
+
+    fn shuffle_partitions(&self) -> usize {
+        if self.config.target_partitions > 0 {
+            return self.config.target_partitions;
+        }
+        (self.inner.lock().cluster.total_slots() as usize).max(1)
+    }
+
+    fn finish_inline(
+        &self,
+        job_id: JobId,
+        schema: &Schema,
+        batches: &[RecordBatch],
+        start: Instant,
+    ) -> Result<()> {
+        let entry = InlineJob {
+            schema: schema_to_bytes(schema),
+            result: batches_to_ipc_stream(schema, batches)?,
+            elapsed_ms: start.elapsed().as_millis() as u64,
+            finished_ms: self.now_ms(),
+        };
+        self.inner
+            .lock()
+            .jobs
+            .insert(job_id, JobEntry::Inline(entry));
+        self.notify();
+        Ok(())
+    }
+
+    /// A job's status; with `wait`, waits up to that long for the job to make progress.
+    pub async fn job_status(&self, job_id: &JobId, wait: Duration) -> Result<JobStatus> {
+        let mut changes = self.changes.subscribe();
+        let first = self.status_now(job_id)?;
+        if first.state.is_terminal() || wait.is_zero() {
+            return Ok(first);
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return self.status_now(job_id);
+            }
+            let now = self.status_now(job_id)?;
+            let progressed = now.state != first.state
+                || now.stages_completed != first.stages_completed
+                || now.tasks_completed != first.tasks_completed;
+            if progressed {
+                return Ok(now);
+            }
+        }
+    }
+
+    fn status_now(&self, job_id: &JobId) -> Result<JobStatus> {
+        let inner = self.inner.lock();
+        let entry = inner
+            .jobs
+            .get(job_id)
+            .ok_or_else(|| EmberError::JobNotFound {
+                job_id: job_id.to_string(),
+            })?;
+        Ok(match entry {
+            JobEntry::Inline(j) => JobStatus {
+                job_id: job_id.clone(),
+                state: JobState::Succeeded,
+                error: None,
+                stages_total: 0,
+                stages_completed: 0,
+                tasks_total: 0,
+                tasks_completed: 0,
+                elapsed_ms: j.elapsed_ms,
+                result_schema: j.schema.clone(),
+                result_partitions: Vec::new(),
+                inline_result: j.result.clone(),
+                shuffle_bytes: 0,
+            },
+            JobEntry::Distributed(job) => JobStatus {
+                job_id: job_id.clone(),
+                state: job.state,
+                error: job.error.clone(),
+                stages_total: job.stages.len() as u32,
+                stages_completed: job.stages_completed(),
+                tasks_total: job.tasks_total(),
+                tasks_completed: job.tasks_completed(),
+                elapsed_ms: job.finished_ms.unwrap_or_else(|| self.now_ms()) - job.submitted_ms,
+                result_schema: schema_to_bytes(&job.schema),
+                result_partitions: if job.state == JobState::Succeeded {
+                    job.output_locations(job.final_stage).unwrap_or_default()
+                } else {
+                    Vec::new()
+                },
+                inline_result: Bytes::new(),
+                shuffle_bytes: job.shuffle_bytes(),
+            },
+        })
+    }
+
+    pub fn cancel(&self, job_id: &JobId) -> Result<bool> {
+        let now = self.now_ms();
+        let effects = {
+            let mut inner = self.inner.lock();
+            let Some(entry) = inner.jobs.get_mut(job_id) else {
+                return Err(EmberError::JobNotFound {
+                    job_id: job_id.to_string(),
+                });
+            };
+            let JobEntry::Distributed(job) = entry else {
+                return Ok(false);
+            };
+            if job.state.is_terminal() {
+                return Ok(false);
+            }
+            let running = job.cancel(now);
+            for (executor, _) in &running {
+                inner.cluster.release_slot(executor);
+            }
+            inner.active.retain(|j| j != job_id);
+            let mut effects = Effects {
+                cancels: running,
+                remove_data: vec![job_id.clone()],
+                ..Default::default()
+            };
+            self.assign(&mut inner, &mut effects);
+            effects
+        };
+        info!(job_id = %job_id, "job cancelled");
+        self.apply(effects);
+        self.notify();
+        Ok(true)
+    }
+
+    /// The client has its result: free the job's shuffle data on the executors.
+    pub fn release(&self, job_id: &JobId) -> Result<()> {
+        if !self.inner.lock().jobs.contains_key(job_id) {
+            return Err(EmberError::JobNotFound {
+                job_id: job_id.to_string(),
+            });
+        }
+        self.apply(Effects {
+            remove_data: vec![job_id.clone()],
+            ..Default::default()
+        });
+        Ok(())
+    }
+
+    // ---- executors -----------------------------------------------------------------------
+
+    pub fn register_executor(&self, spec: ExecutorSpec, protocol_version: u32) -> Result<()> {
+        if protocol_version != ember_core::PROTOCOL_VERSION {
+            return Err(EmberError::ProtocolMismatch {
+                executor_id: spec.id.to_string(),
+                got: protocol_version,
+                expected: ember_core::PROTOCOL_VERSION,
+            });
+        }
+        info!(executor = %spec.id, address = %spec.address, slots = spec.slots, "executor registered");
+        let now = self.now_ms();
+        let effects = {
+            let mut inner = self.inner.lock();
+            let mut effects = Effects::default();
+            // A re-registration means the executor restarted: what it held is gone.
+            if inner.cluster.get(&spec.id).is_some() {
+                self.lose_executor(&mut inner, &spec.id, now, &mut effects);
+            }
+            inner.cluster.register(spec, now);
+            self.assign(&mut inner, &mut effects);
+            effects
+        };
+        self.apply(effects);
+        self.notify();
+        Ok(())
+    }
+
+    /// Returns false when the executor is unknown and must register again.
+    pub fn heartbeat(&self, id: &ExecutorId, metrics: ExecutorMetrics) -> bool {
+        let now = self.now_ms();
+        self.inner.lock().cluster.heartbeat(id, metrics, now)
+    }
+
+    pub fn executors(&self) -> Vec<ExecutorInfo> {
+        self.inner.lock().cluster.infos()
+    }
+
+    /// Rows the scheduler process itself read from table files.
+    pub fn rows_scanned(&self) -> u64 {
+        self.rows_scanned.load(Ordering::Relaxed)
+    }
+
+    pub fn update_task_statuses(&self, statuses: Vec<TaskStatus>) {
+        let now = self.now_ms();
+        let effects = {
+            let mut inner = self.inner.lock();
+            let mut effects = Effects::default();
+            for status in statuses {
+                self.apply_status(&mut inner, &status, now, &mut effects);
+            }
+            self.assign(&mut inner, &mut effects);
+            effects
+        };
+        self.apply(effects);
+        self.notify();
+    }
+
+    fn apply_status(
+        &self,
+        inner: &mut Inner,
+        status: &TaskStatus,
+        now: u64,
+        effects: &mut Effects,
+    ) {
+        let job_id = &status.task_id.job_id;
+        let address = inner
+            .cluster
+            .get(&status.executor_id)
+            .map(|s| s.address.clone());
+        let Some(JobEntry::Distributed(job)) = inner.jobs.get_mut(job_id) else {
+            return;
+        };
+        // An executor that was lost meanwhile cannot serve its output: ignore its reports.
+        let Some(address) = address else { return };
+        let Some(event) = job.task_finished(status, &address, now) else {
+            return;
+        };
+        inner.cluster.release_slot(&status.executor_id);
+        match event {
+            JobEvent::None => {}
+            JobEvent::StageCompleted(_) => self.advance(inner, job_id, effects),
+            JobEvent::Succeeded => {
+                info!(job_id = %job_id, "job succeeded");
+                inner.active.retain(|j| j != job_id);
+            }
+            JobEvent::Failed(message) => {
+                warn!(job_id = %job_id, %message, "job failed");
+                self.finish_failed(inner, job_id, effects);
+            }
+        }
+    }
+
+    fn finish_failed(&self, inner: &mut Inner, job_id: &JobId, effects: &mut Effects) {
+        if let Some(JobEntry::Distributed(job)) = inner.jobs.get(job_id) {
+            let running = job.running_tasks();
+            for (executor, _) in &running {
+                inner.cluster.release_slot(executor);
+            }
+            effects.cancels.extend(running);
+        }
+        inner.active.retain(|j| j != job_id);
+        effects.remove_data.push(job_id.clone());
+    }
+
+    fn lose_executor(&self, inner: &mut Inner, id: &ExecutorId, now: u64, effects: &mut Effects) {
+        warn!(executor = %id, "executor lost");
+        let active = inner.active.clone();
+        for job_id in active {
+            let Some(JobEntry::Distributed(job)) = inner.jobs.get_mut(&job_id) else {
+                continue;
+            };
+            if let JobEvent::Failed(message) = job.executor_lost(id, now) {
+                warn!(job_id = %job_id, %message, "job failed");
+                self.finish_failed(inner, &job_id, effects);
+            }
+        }
+    }
+
+    fn housekeeping(&self) {
+        let now = self.now_ms();
+        let timeout = self.config.executor_timeout().as_millis() as u64;
+        let ttl = self.config.result_ttl().as_millis() as u64;
+        let effects = {
+            let mut inner = self.inner.lock();
+            let mut effects = Effects::default();
+            let lost = inner.cluster.expire(now, timeout);
+            for id in &lost {
+                self.lose_executor(&mut inner, id, now, &mut effects);
+            }
+            let expired: Vec<JobId> = inner
+                .jobs
+                .iter()
+                .filter(|(_, e)| {
+                    let finished = match e {
+                        JobEntry::Inline(j) => Some(j.finished_ms),
+                        JobEntry::Distributed(j) => j.finished_ms,
+                    };
+                    finished.is_some_and(|f| now.saturating_sub(f) > ttl)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in expired {
+                if let Some(JobEntry::Distributed(_)) = inner.jobs.remove(&id) {
+                    effects.remove_data.push(id);
+                }
+            }
+            if !lost.is_empty() {
+                self.assign(&mut inner, &mut effects);
+            }
+            effects
+        };
+        let changed = !effects.remove_data.is_empty() || !effects.launches.is_empty();
+        self.apply(effects);
+        if changed {
+            self.notify();
+        }
+    }
+
+    // ---- the decisions -------------------------------------------------------------------
+
+    /// Starts the job's stages whose inputs are complete, with their resolved plans.
+    fn advance(&self, inner: &mut Inner, job_id: &JobId, effects: &mut Effects) {
+        let Some(JobEntry::Distributed(job)) = inner.jobs.get_mut(job_id) else {
+            return;
+        };
+        let now = self.now_ms();
+        for stage_id in job.start_ready_stages() {
+            let encoded = {
+                let stage = &job.stages[&stage_id];
+                resolve_readers(&stage.plan, &|s| job.output_locations(s))
+                    .and_then(ember_proto::encode_plan)
+            };
+            match encoded {
+                Ok(bytes) => job.set_launch_plan(stage_id, bytes),
+                Err(e) => {
+                    job.fail(format!("cannot start stage {stage_id}: {e}"), now);
+                    break;
+                }
+            }
+        }
+        match job.state {
+            JobState::Failed => self.finish_failed(inner, job_id, effects),
+            JobState::Succeeded => {
+                job.finished_ms.get_or_insert(now);
+                inner.active.retain(|j| j != job_id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Places pending tasks of active jobs (oldest first) on free executor slots.
+    fn assign(&self, inner: &mut Inner, effects: &mut Effects) {
+        let Inner {
+            jobs,
+            active,
+            cluster,
+        } = inner;
+        'jobs: for job_id in active.iter() {
+            let Some(JobEntry::Distributed(job)) = jobs.get_mut(job_id) else {
+                continue;
+            };
+            for (stage_id, partition) in job.pending_tasks() {
+                let Some(executor) = cluster.take_slot() else {
+                    break 'jobs;
+                };
+                let task_id = job.task_launched(stage_id, partition, &executor.id);
+                let plan = job.stages[&stage_id]
+                    .launch_plan
+                    .clone()
+                    .expect("pending tasks belong to stages with a plan");
+                effects.launches.push(Launch {
+                    executor,
+                    task: TaskDefinition {
+                        task_id,
+                        plan,
+                        settings: job.settings.clone(),
+                    },
+                });
+            }
+        }
+    }
+
+    /// Performs effects: RPCs run as tracked tasks, never under the lock.
+    fn apply(&self, effects: Effects) {
+        let mut by_executor: HashMap<ExecutorId, (ExecutorSpec, Vec<TaskDefinition>)> =
+            HashMap::new();
+        for launch in effects.launches {
+            by_executor
+                .entry(launch.executor.id.clone())
+                .or_insert_with(|| (launch.executor.clone(), Vec::new()))
+                .1
+                .push(launch.task);
+        }
+        for (_, (executor, tasks)) in by_executor {
+            let clients = self.clients.clone();
+            let this = self.self_ref();
+            self.tasks.spawn(async move {
+                if let Err(e) = clients.launch(&executor.address, &tasks).await {
+                    warn!(executor = %executor.id, error = %e, "launching tasks failed");
+                    let failed = tasks
+                        .into_iter()
+                        .map(|t| TaskStatus {
+                            task_id: t.task_id,
+                            executor_id: executor.id.clone(),
+                            outcome: TaskOutcome::Failed {
+                                message: format!("could not launch on {}: {e}", executor.id),
+                                user_error: false,
+                            },
+                        })
+                        .collect();
+                    if let Some(this) = this {
+                        this.update_task_statuses(failed);
+                    }
+                }
+            });
+        }
+        let addresses: HashMap<ExecutorId, String> = {
+            let inner = self.inner.lock();
+            inner
+                .cluster
+                .infos()
+                .into_iter()
+                .map(|i| (i.spec.id, i.spec.address))
+                .collect()
+        };
+        let mut cancels: HashMap<String, Vec<TaskId>> = HashMap::new();
+        for (executor, task) in effects.cancels {
+            if let Some(address) = addresses.get(&executor) {
+                cancels.entry(address.clone()).or_default().push(task);
+            }
+        }
+        for (address, tasks) in cancels {
+            let clients = self.clients.clone();
+            self.tasks.spawn(async move {
+                if let Err(e) = clients.cancel(&address, &tasks).await {
+                    warn!(%address, error = %e, "cancelling tasks failed");
+                }
+            });
+        }
+        for job_id in effects.remove_data {
+            for address in addresses.values().cloned() {
+                let clients = self.clients.clone();
+                let job_id = job_id.clone();
+                self.tasks.spawn(async move {
+                    if let Err(e) = clients.remove_job_data(&address, &job_id).await {
+                        warn!(%address, error = %e, "removing job data failed");
+                    }
+                });
+            }
+        }
+    }
+
+    fn self_ref(&self) -> Option<Arc<Scheduler>> {
+        self.me.upgrade()
+    }
+}
+
+/// The DataFusion settings tasks run with: the client's, plus the execution batch size.
+fn task_settings(
+    ctx: &SessionContext,
+    mut settings: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    let batch_size = ctx.state().config().options().execution.batch_size;
+    if !settings
+        .iter()
+        .any(|(k, _)| k == "datafusion.execution.batch_size")
+    {
+        settings.push((
+            "datafusion.execution.batch_size".to_string(),
+            batch_size.to_string(),
+        ));
+    }
+    settings
+}
+
+fn explain_batch(
+    logical: &LogicalPlan,
+    physical: &Arc<dyn ExecutionPlan>,
+    graph: &StageGraph,
+) -> Result<RecordBatch> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("plan_type", DataType::Utf8, false),
+        Field::new("plan", DataType::Utf8, false),
+    ]));
+    let rows = [
+        ("logical_plan", logical.display_indent().to_string()),
+        (
+            "physical_plan",
+            displayable(physical.as_ref()).indent(false).to_string(),
+        ),
+        ("distributed_plan", graph.display()),
+    ];
+    Ok(RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(
+                rows.iter().map(|r| r.1.as_str()),
+            )),
+        ],
+    )?)
+}

@@ -1,0 +1,73 @@
+//! Starting and stopping a scheduler process's gRPC server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ember_core::{EmberError, Result};
+use ember_proto::pb::scheduler_service_server::SchedulerServiceServer;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::SchedulerConfig;
+use crate::scheduler::Scheduler;
+use crate::service::SchedulerGrpc;
+
+/// A running scheduler; dropping it does not stop it, `shutdown` does.
+pub struct SchedulerHandle {
+    pub scheduler: Arc<Scheduler>,
+    /// The address the server listens on.
+    pub local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    server: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
+}
+
+impl SchedulerHandle {
+    /// Stops taking requests, then stops background work.
+    pub async fn shutdown(self) -> Result<()> {
+        self.shutdown.cancel();
+        let served = self
+            .server
+            .await
+            .map_err(|e| EmberError::Internal(format!("scheduler server task: {e}")))?;
+        self.scheduler.shutdown().await;
+        served.map_err(|e| EmberError::Internal(format!("scheduler server: {e}")))
+    }
+
+    /// Resolves when the server stops on its own (an error).
+    pub fn is_finished(&self) -> bool {
+        self.server.is_finished()
+    }
+}
+
+/// Binds `config.bind` and serves the scheduler until `shutdown`.
+pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
+    let listener = TcpListener::bind(&config.bind)
+        .await
+        .map_err(|e| EmberError::User(format!("cannot listen on {}: {e}", config.bind)))?;
+    let local_addr = listener.local_addr()?;
+    if let Some(path) = &config.port_file {
+        std::fs::write(path, local_addr.port().to_string())?;
+    }
+    let scheduler = Scheduler::new(config);
+    scheduler.start_background();
+    let service = SchedulerServiceServer::new(SchedulerGrpc::new(Arc::clone(&scheduler)))
+        .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(service)
+            .serve_with_incoming_shutdown(incoming, token.cancelled_owned()),
+    );
+    tracing::info!(%local_addr, "scheduler listening");
+    Ok(SchedulerHandle {
+        scheduler,
+        local_addr,
+        shutdown,
+        server,
+    })
+}

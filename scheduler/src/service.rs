@@ -1,0 +1,147 @@
+//! The scheduler's gRPC service: each handler converts the request, calls the scheduler once,
+//! and converts the reply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ember_core::job::{ExecutorSpec, TaskStatus};
+use ember_core::{EmberError, JobId};
+use ember_proto::convert::required;
+use ember_proto::pb;
+use ember_proto::pb::scheduler_service_server::SchedulerService;
+use ember_proto::status_from_error;
+use tonic::{Request, Response, Status};
+
+use crate::scheduler::{Query, Scheduler};
+
+/// Longest long-poll a client may ask for.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct SchedulerGrpc {
+    scheduler: Arc<Scheduler>,
+}
+
+impl SchedulerGrpc {
+    pub fn new(scheduler: Arc<Scheduler>) -> Self {
+        Self { scheduler }
+    }
+}
+
+fn err(e: EmberError) -> Status {
+    status_from_error(&e)
+}
+
+fn job_id(id: String) -> Result<JobId, Status> {
+    if id.is_empty() {
+        return Err(err(EmberError::InvalidMessage(
+            "missing field job_id".into(),
+        )));
+    }
+    Ok(JobId::from(id))
+}
+
+#[tonic::async_trait]
+impl SchedulerService for SchedulerGrpc {
+    async fn execute_query(
+        &self,
+        request: Request<pb::ExecuteQueryRequest>,
+    ) -> Result<Response<pb::ExecuteQueryResponse>, Status> {
+        let req = request.into_inner();
+        let query = match required(req.query, "query").map_err(err)? {
+            pb::execute_query_request::Query::Sql(sql) => Query::Sql(sql),
+            pb::execute_query_request::Query::LogicalPlan(p) => Query::LogicalPlan(p),
+        };
+        let mut settings: Vec<_> = req.settings.into_iter().collect();
+        settings.sort();
+        let job_id = self.scheduler.submit(query, settings).await.map_err(err)?;
+        Ok(Response::new(pb::ExecuteQueryResponse {
+            job_id: job_id.to_string(),
+        }))
+    }
+
+    async fn get_job_status(
+        &self,
+        request: Request<pb::GetJobStatusRequest>,
+    ) -> Result<Response<pb::GetJobStatusResponse>, Status> {
+        let req = request.into_inner();
+        let wait = Duration::from_millis(req.wait_ms).min(MAX_WAIT);
+        let status = self
+            .scheduler
+            .job_status(&job_id(req.job_id)?, wait)
+            .await
+            .map_err(err)?;
+        Ok(Response::new(pb::GetJobStatusResponse {
+            status: Some((&status).into()),
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<pb::CancelJobRequest>,
+    ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        let id = job_id(request.into_inner().job_id)?;
+        let cancelled = self.scheduler.cancel(&id).map_err(err)?;
+        Ok(Response::new(pb::CancelJobResponse { cancelled }))
+    }
+
+    async fn release_job(
+        &self,
+        request: Request<pb::ReleaseJobRequest>,
+    ) -> Result<Response<pb::ReleaseJobResponse>, Status> {
+        let id = job_id(request.into_inner().job_id)?;
+        self.scheduler.release(&id).map_err(err)?;
+        Ok(Response::new(pb::ReleaseJobResponse {}))
+    }
+
+    async fn register_executor(
+        &self,
+        request: Request<pb::RegisterExecutorRequest>,
+    ) -> Result<Response<pb::RegisterExecutorResponse>, Status> {
+        let req = request.into_inner();
+        let spec: ExecutorSpec = required(req.executor, "executor")
+            .and_then(TryInto::try_into)
+            .map_err(err)?;
+        self.scheduler
+            .register_executor(spec, req.protocol_version)
+            .map_err(err)?;
+        Ok(Response::new(pb::RegisterExecutorResponse {}))
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let req = request.into_inner();
+        let known = self.scheduler.heartbeat(
+            &req.executor_id.into(),
+            req.metrics.map(Into::into).unwrap_or_default(),
+        );
+        Ok(Response::new(pb::HeartbeatResponse { reregister: !known }))
+    }
+
+    async fn update_task_status(
+        &self,
+        request: Request<pb::UpdateTaskStatusRequest>,
+    ) -> Result<Response<pb::UpdateTaskStatusResponse>, Status> {
+        let statuses = request
+            .into_inner()
+            .statuses
+            .into_iter()
+            .map(TaskStatus::try_from)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(err)?;
+        self.scheduler.update_task_statuses(statuses);
+        Ok(Response::new(pb::UpdateTaskStatusResponse {}))
+    }
+
+    async fn list_executors(
+        &self,
+        _request: Request<pb::ListExecutorsRequest>,
+    ) -> Result<Response<pb::ListExecutorsResponse>, Status> {
+        Ok(Response::new(pb::ListExecutorsResponse {
+            executors: self.scheduler.executors().iter().map(Into::into).collect(),
+            scheduler_rows_scanned: self.scheduler.rows_scanned(),
+        }))
+    }
+}

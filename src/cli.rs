@@ -1,0 +1,168 @@
+//! The `ember` command line: every option declared once (flag, `EMBER_*` variable, default, doc).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ember_executor::ExecutorConfig;
+use ember_scheduler::SchedulerConfig;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ember",
+    version,
+    about = "Ember: distributed SQL on Apache DataFusion"
+)]
+pub struct Cli {
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `ember_scheduler=debug`.
+    #[arg(long, env = "EMBER_LOG", default_value = "warn", global = true)]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate benchmark data.
+    Datagen(DatagenArgs),
+    /// Run SQL: one-shot (-c, -f) or an interactive shell, on an embedded or remote cluster.
+    Sql(SqlArgs),
+    /// Run a scheduler.
+    Scheduler(SchedulerConfig),
+    /// Run an executor that joins a scheduler.
+    Executor(ExecutorConfig),
+    /// Run a scheduler and executors in one long-running process.
+    Standalone(StandaloneArgs),
+    /// Measure Ember against single-node DataFusion.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatagenArgs {
+    #[command(subcommand)]
+    pub dataset: Dataset,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Dataset {
+    /// TPC-H as Parquet, one folder per table.
+    Tpch {
+        /// TPC-H scale factor (1 is about 1 GB of raw data).
+        #[arg(long, env = "EMBER_SCALE_FACTOR", default_value_t = 1.0)]
+        scale_factor: f64,
+        /// Folder to write the tables into.
+        #[arg(long, env = "EMBER_DATAGEN_OUTPUT")]
+        output: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+/// Where SQL runs: an embedded cluster or a remote scheduler.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Run on an embedded cluster in this process (the default without --scheduler).
+    #[arg(long, conflicts_with = "scheduler")]
+    pub local: bool,
+
+    /// Scheduler to run on, as http://HOST:PORT.
+    #[arg(long, env = "EMBER_SCHEDULER_URL")]
+    pub scheduler: Option<String>,
+
+    /// Executors of the embedded cluster.
+    #[arg(long, env = "EMBER_EXECUTORS", default_value_t = 2)]
+    pub executors: usize,
+
+    /// Task slots per embedded executor; 0 shares the CPU cores out among them.
+    #[arg(long, env = "EMBER_SLOTS", default_value_t = 0)]
+    pub slots: usize,
+
+    /// Register each sub-folder or file of this folder as a table named after it.
+    #[arg(long, env = "EMBER_TABLES")]
+    pub tables: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct SqlArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// How results are printed.
+    #[arg(long, value_enum, env = "EMBER_FORMAT", default_value_t = OutputFormat::Table)]
+    pub format: OutputFormat,
+
+    /// SQL to run (several `;`-separated statements run in order).
+    #[arg(short = 'c', long = "command", conflicts_with = "file")]
+    pub command: Option<String>,
+
+    /// File of `;`-separated SQL statements to run in order.
+    #[arg(short = 'f', long = "file")]
+    pub file: Option<PathBuf>,
+
+    /// Print each statement's row count and time to stderr.
+    #[arg(long, env = "EMBER_TIMING", default_value_t = true, action = clap::ArgAction::Set)]
+    pub timing: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StandaloneArgs {
+    /// Address the scheduler listens on; executors listen on free loopback ports.
+    #[arg(long, env = "EMBER_STANDALONE_BIND", default_value = "127.0.0.1:50050")]
+    pub bind: String,
+
+    /// Executors to run in the process.
+    #[arg(long, env = "EMBER_EXECUTORS", default_value_t = 2)]
+    pub executors: usize,
+
+    /// Task slots per executor; 0 shares the CPU cores out among them.
+    #[arg(long, env = "EMBER_SLOTS", default_value_t = 0)]
+    pub slots: usize,
+
+    /// Write the scheduler's port to this file once it listens.
+    #[arg(long, env = "EMBER_STANDALONE_PORT_FILE")]
+    pub port_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub suite: BenchSuite,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BenchMode {
+    Local,
+    Processes,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchSuite {
+    /// TPC-H queries on Ember and on single-node DataFusion, alternating.
+    Tpch {
+        #[arg(long, env = "EMBER_SCALE_FACTOR", default_value_t = 1.0)]
+        scale_factor: f64,
+        /// Where the generated data is kept (generated when missing).
+        #[arg(long, env = "EMBER_BENCH_DATA")]
+        data: Option<PathBuf>,
+        /// Executors of the embedded cluster.
+        #[arg(long, default_value_t = 2)]
+        executors: usize,
+        /// Where Ember runs (only `local`, an embedded cluster, so far).
+        #[arg(long, value_enum, default_value_t = BenchMode::Local)]
+        mode: BenchMode,
+        /// Queries to run, e.g. `1,3,18` (default: all 22).
+        #[arg(long, value_delimiter = ',')]
+        queries: Vec<usize>,
+        /// Timed runs per query and engine (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+        /// Also write the results as JSON to this file.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}

@@ -1,0 +1,70 @@
+//! Long-running processes: `ember scheduler`, `ember executor`, `ember standalone`. Each stops
+//! cleanly on SIGINT/SIGTERM.
+
+use anyhow::Result;
+use ember_client::EmbeddedCluster;
+use ember_executor::ExecutorConfig;
+use ember_scheduler::SchedulerConfig;
+
+use crate::cli::StandaloneArgs;
+
+async fn terminated() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+pub async fn scheduler(config: SchedulerConfig) -> Result<()> {
+    let handle = ember_scheduler::start(config).await?;
+    eprintln!("ember scheduler listening on {}", handle.local_addr);
+    terminated().await;
+    handle.shutdown().await?;
+    Ok(())
+}
+
+pub async fn executor(config: ExecutorConfig) -> Result<()> {
+    let handle = ember_executor::start(config).await?;
+    eprintln!(
+        "ember executor {} listening on {}",
+        handle.executor_id, handle.local_addr
+    );
+    tokio::select! {
+        _ = terminated() => {}
+        _ = handle.stopped() => {
+            handle.shutdown().await;
+            anyhow::bail!("the executor stopped: the scheduler refused it (see the log)");
+        }
+    }
+    handle.shutdown().await;
+    Ok(())
+}
+
+pub async fn standalone(args: StandaloneArgs) -> Result<()> {
+    let cluster = EmbeddedCluster::start_with(
+        SchedulerConfig::default(),
+        args.executors,
+        args.slots,
+        &args.bind,
+    )
+    .await?;
+    if let Some(path) = &args.port_file {
+        std::fs::write(path, cluster.scheduler_port().to_string())?;
+    }
+    eprintln!(
+        "ember standalone: scheduler on port {} with {} executors",
+        cluster.scheduler_port(),
+        cluster.executors().len()
+    );
+    terminated().await;
+    cluster.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! Ember's integration tests: one binary, clusters started for real (in-process on loopback, and
+//! as separate `ember` processes), results checked against single-node DataFusion.
+
+mod support;
+
+mod cli;
+mod distribution;
+mod errors;
+mod planner_traps;
+mod tpch;

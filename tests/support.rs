@@ -1,0 +1,212 @@
+//! Shared test fixtures: cached TPC-H data, a single-node DataFusion reference, result
+//! comparison, and a cluster of real `ember` processes that is killed on drop.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::prelude::SessionContext;
+use ember_client::EmberClient;
+
+pub const SCALE_FACTOR: f64 = 0.1;
+
+/// TPC-H SF 0.1, generated once and kept outside the clone (`EMBER_TEST_DATA_DIR`, or the
+/// system temp dir) so later runs reuse it.
+pub fn tpch_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let base = std::env::var_os("EMBER_TEST_DATA_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| std::env::temp_dir().join("ember-test-data"));
+        let dir = base.join(format!("tpch-sf{SCALE_FACTOR}-v1"));
+        ember::tpch::ensure_generated(SCALE_FACTOR, &dir).expect("generating TPC-H test data");
+        dir
+    })
+}
+
+/// Single-node DataFusion with the TPC-H tables registered.
+pub async fn datafusion_reference() -> SessionContext {
+    let ctx = SessionContext::new();
+    for ddl in ember::sql::table_ddl(tpch_dir()).unwrap() {
+        ctx.sql(&ddl).await.unwrap().collect().await.unwrap();
+    }
+    ctx
+}
+
+pub async fn register_tpch(client: &EmberClient) {
+    for ddl in ember::sql::table_ddl(tpch_dir()).unwrap() {
+        client.sql(&ddl).await.unwrap();
+    }
+}
+
+/// Rows as strings, one `Vec<String>` per row.
+pub fn rows(batches: &[RecordBatch]) -> Vec<Vec<String>> {
+    let options = FormatOptions::default().with_null("NULL");
+    let mut out = Vec::new();
+    for batch in batches {
+        let formatters: Vec<_> = batch
+            .columns()
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
+            .collect();
+        for row in 0..batch.num_rows() {
+            out.push(
+                formatters
+                    .iter()
+                    .map(|f| f.value(row).to_string())
+                    .collect(),
+            );
+        }
+    }
+    out
+}
+
+fn same_value(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    match (a.parse::<f64>(), b.parse::<f64>()) {
+        (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
+        _ => false,
+    }
+}
+
+/// Asserts two results hold the same rows in the same order (numbers within a tolerance).
+pub fn assert_same_rows(what: &str, expected: &[RecordBatch], actual: &[RecordBatch]) {
+    let (e, a) = (rows(expected), rows(actual));
+    assert_eq!(e.len(), a.len(), "{what}: row count differs");
+    for (i, (er, ar)) in e.iter().zip(&a).enumerate() {
+        let same = er.len() == ar.len() && er.iter().zip(ar).all(|(x, y)| same_value(x, y));
+        assert!(
+            same,
+            "{what}: row {i} differs\n expected {er:?}\n actual   {ar:?}"
+        );
+    }
+}
+
+/// Runs each TPC-H query on Ember and on DataFusion and compares the results.
+pub async fn check_tpch_queries(client: &EmberClient, queries: impl IntoIterator<Item = usize>) {
+    let reference = datafusion_reference().await;
+    for q in queries {
+        let sql = ember::tpch::query(q).unwrap();
+        let expected = reference.sql(sql).await.unwrap().collect().await.unwrap();
+        let actual = tokio::time::timeout(Duration::from_secs(120), client.sql(sql))
+            .await
+            .unwrap_or_else(|_| panic!("q{q} did not finish within 120 s"))
+            .unwrap_or_else(|e| panic!("q{q} failed on Ember: {e}"));
+        assert!(
+            actual.status.stages_total >= 1,
+            "q{q} did not run as stages"
+        );
+        assert_same_rows(&format!("q{q}"), &expected, &actual.batches);
+    }
+}
+
+/// The `ember` binary built for these tests.
+pub fn ember_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_ember")
+}
+
+/// A child process killed (and reaped) when dropped, even when the test fails.
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `path` until it holds a port number.
+pub fn wait_for_port(path: &Path, child: &mut Child) -> u16 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Ok(port) = text.trim().parse() {
+                return port;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("process exited before listening: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no port in {} after 30 s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A scheduler and executors as separate `ember` processes on loopback ports.
+pub struct ProcessCluster {
+    pub scheduler_url: String,
+    _dir: tempfile::TempDir,
+    // Executors first: they are killed before the scheduler.
+    _executors: Vec<ChildGuard>,
+    _scheduler: ChildGuard,
+}
+
+impl ProcessCluster {
+    pub async fn start(executors: usize, slots: usize) -> ProcessCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let port_file = dir.path().join("scheduler.port");
+        let child = Command::new(ember_bin())
+            .args(["scheduler", "--bind", "127.0.0.1:0", "--port-file"])
+            .arg(&port_file)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("starting the scheduler");
+        let mut scheduler = ChildGuard(child);
+        let port = wait_for_port(&port_file, &mut scheduler.0);
+        let scheduler_url = format!("http://127.0.0.1:{port}");
+        let mut guards = Vec::new();
+        for i in 0..executors {
+            let port_file = dir.path().join(format!("executor-{i}.port"));
+            let child = Command::new(ember_bin())
+                .args([
+                    "executor",
+                    "--scheduler",
+                    &scheduler_url,
+                    "--bind",
+                    "127.0.0.1:0",
+                ])
+                .args([
+                    "--slots",
+                    &slots.to_string(),
+                    "--heartbeat-interval-ms",
+                    "200",
+                ])
+                .arg("--work-dir")
+                .arg(dir.path())
+                .arg("--port-file")
+                .arg(&port_file)
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("starting an executor");
+            let mut guard = ChildGuard(child);
+            wait_for_port(&port_file, &mut guard.0);
+            guards.push(guard);
+        }
+        let cluster = ProcessCluster {
+            scheduler_url,
+            _dir: dir,
+            _executors: guards,
+            _scheduler: scheduler,
+        };
+        let client = cluster.client().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.executors().await.unwrap().0.len() < executors {
+            assert!(Instant::now() < deadline, "executors did not register");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cluster
+    }
+
+    pub async fn client(&self) -> EmberClient {
+        EmberClient::connect(&self.scheduler_url).await.unwrap()
+    }
+}
