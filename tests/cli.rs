@@ -33,7 +33,7 @@ fn datagen_writes_one_folder_per_table() {
     }
     assert!(stdout.contains("nation: 25 rows"), "{stdout}");
 
-    let (ok, _, stderr) = ember(&["datagen", "tpch", "--scale-factor", "-1", "--output", "x"]);
+    let (ok, _, stderr) = ember(&["datagen", "tpch", "--scale-factor=-1", "--output", "x"]);
     assert!(!ok);
     assert!(stderr.contains("scale-factor"), "{stderr}");
 }

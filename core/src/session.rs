@@ -6,6 +6,8 @@ use datafusion::prelude::SessionConfig;
 ///
 /// - Join dynamic filters wait for every partition's build side inside one plan; a task runs one
 ///   partition of its own copy, so they would wait forever (or filter wrongly).
+/// - File-stream work stealing lets an idle partition of a scan read its siblings' files; a task
+///   runs one partition, which would then read the whole table.
 /// - `information_schema` lets `SHOW TABLES` and `DESCRIBE` work on the scheduler.
 pub fn distributed_session_config(config: SessionConfig) -> SessionConfig {
     config
@@ -21,6 +23,10 @@ pub fn distributed_session_config(config: SessionConfig) -> SessionConfig {
         )
         .set_bool(
             "datafusion.optimizer.enable_topk_dynamic_filter_pushdown",
+            false,
+        )
+        .set_bool(
+            "datafusion.execution.enable_file_stream_work_stealing",
             false,
         )
 }

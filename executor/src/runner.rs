@@ -153,8 +153,18 @@ async fn execute(
         ))
     })?;
     let partitions = writer.output().partition_count();
+    debug!(
+        task = %task.task_id,
+        plan = %datafusion::physical_plan::displayable(plan.as_ref()).indent(false),
+        "running task"
+    );
     let stream = plan.execute(task.task_id.partition as usize, Arc::clone(&ctx))?;
     let summary = collect(stream).await?;
+    debug!(
+        task = %task.task_id,
+        metrics = %datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(false),
+        "task done"
+    );
     Ok(TaskOutcome::Succeeded {
         partitions: ShuffleWriterExec::stats_from_summary(&summary, partitions),
         rows_scanned: file_rows_scanned(&plan),

