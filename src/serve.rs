@@ -24,8 +24,15 @@ async fn terminated() {
 }
 
 pub async fn scheduler(config: SchedulerConfig) -> Result<()> {
+    let advertised = config.advertise_addr.clone();
     let handle = ember_scheduler::start(config).await?;
-    eprintln!("ember scheduler listening on {}", handle.local_addr);
+    match advertised {
+        Some(a) => eprintln!(
+            "ember scheduler listening on {} (dial {a})",
+            handle.local_addr
+        ),
+        None => eprintln!("ember scheduler listening on {}", handle.local_addr),
+    }
     terminated().await;
     handle.shutdown().await?;
     Ok(())

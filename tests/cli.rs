@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::support::{ProcessCluster, ember_bin, tpch_dir};
+use crate::support::{ChildGuard, ProcessCluster, ember_bin, tpch_dir, wait_for_port};
 
 fn ember(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(ember_bin()).args(args).output().unwrap();
@@ -120,4 +120,40 @@ async fn sql_against_a_remote_scheduler() {
     let (ok, _, stderr) = ember(&["sql", "--scheduler", "http://127.0.0.1:1", "-c", "select 1"]);
     assert!(!ok);
     assert!(stderr.contains("cannot reach the scheduler"), "{stderr}");
+}
+
+#[test]
+fn standalone_serves_a_cluster_in_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let port_file = dir.path().join("port");
+    let child = Command::new(ember_bin())
+        .args([
+            "standalone",
+            "--bind",
+            "127.0.0.1:0",
+            "--executors",
+            "2",
+            "--port-file",
+        ])
+        .arg(&port_file)
+        .spawn()
+        .unwrap();
+    let mut guard = ChildGuard(child);
+    let port = wait_for_port(&port_file, &mut guard.0);
+    let url = format!("http://127.0.0.1:{port}");
+    let tables = tpch_dir().to_str().unwrap();
+    let (ok, stdout, stderr) = ember(&[
+        "sql",
+        "--scheduler",
+        &url,
+        "--tables",
+        tables,
+        "--format",
+        "csv",
+        "-c",
+        "select count(*) as n from orders o join customer c on o.o_custkey = c.c_custkey where c.c_nationkey = 3",
+    ]);
+    assert!(ok, "{stderr}");
+    let n: u64 = stdout.lines().nth(1).unwrap().parse().unwrap();
+    assert!(n > 0, "{stdout}");
 }

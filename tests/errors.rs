@@ -89,3 +89,26 @@ async fn bad_sql_missing_tables_and_files_and_failing_tasks_are_clear_errors() {
     );
     cluster.shutdown().await;
 }
+
+/// A job on a cluster without executors fails with the reason, instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_without_executors_fail_with_the_reason() {
+    let config = ember_scheduler::SchedulerConfig {
+        bind: "127.0.0.1:0".into(),
+        executor_timeout_secs: 1,
+        ..Default::default()
+    };
+    let scheduler = ember_scheduler::start(config).await.unwrap();
+    let url = format!("http://{}", scheduler.local_addr);
+    let client = ember_client::EmberClient::connect(&url).await.unwrap();
+    crate::support::register_tpch(&client).await;
+    let result = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.sql("select count(l_orderkey) from lineitem where l_quantity > 1"),
+    )
+    .await
+    .expect("the job must not wait forever");
+    let err = result.expect_err("no executor can run it").to_string();
+    assert!(err.contains("no executor"), "{err}");
+    scheduler.shutdown().await.unwrap();
+}

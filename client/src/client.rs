@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::logical_expr::LogicalPlan;
 use ember_core::job::{ExecutorInfo, JobState, JobStatus};
 use ember_core::shuffle::{
     FlightFetcher, PartitionLocation, batches_from_ipc_stream, flight_data_stream,
@@ -74,6 +75,24 @@ impl EmberClient {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+        };
+        let reply = self
+            .scheduler
+            .clone()
+            .execute_query(request)
+            .await
+            .map_err(|s| error_from_status(&s))?;
+        Ok(JobId::from(reply.into_inner().job_id))
+    }
+
+    /// Submits a DataFusion logical plan, e.g. one built with DataFusion's DataFrame API over
+    /// tables whose files the cluster can read.
+    pub async fn submit_plan(&self, plan: &LogicalPlan) -> Result<JobId> {
+        let bytes = datafusion_proto::bytes::logical_plan_to_bytes(plan)
+            .map_err(|e| EmberError::User(format!("cannot send this plan: {e}")))?;
+        let request = pb::ExecuteQueryRequest {
+            query: Some(pb::execute_query_request::Query::LogicalPlan(bytes)),
+            settings: Default::default(),
         };
         let reply = self
             .scheduler

@@ -1,6 +1,8 @@
 //! Runs tasks: decodes a stage plan, executes one partition of it, and reports the outcome.
 
-use std::collections::HashMap;
+use std::any::Any;
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use datafusion::error::DataFusionError;
@@ -13,6 +15,7 @@ use ember_core::metrics::{ExecutorCounters, file_rows_scanned};
 use ember_core::session::distributed_session_config;
 use ember_core::shuffle::{ShuffleEnv, ShuffleWriterExec};
 use ember_core::{ExecutorId, TaskId};
+use futures::FutureExt;
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +29,8 @@ pub struct TaskRunner {
     base: TaskContext,
     slots: Arc<Semaphore>,
     running: Arc<Mutex<HashMap<TaskId, CancellationToken>>>,
+    /// Tasks cancelled before their launch arrived.
+    cancelled: Mutex<HashSet<TaskId>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
     reports: mpsc::UnboundedSender<TaskStatus>,
@@ -44,6 +49,7 @@ impl TaskRunner {
             base: TaskContext::from(&SessionContext::new()),
             slots: Arc::new(Semaphore::new(slots.max(1))),
             running: Arc::default(),
+            cancelled: Mutex::default(),
             tracker: TaskTracker::new(),
             shutdown,
             reports,
@@ -55,6 +61,11 @@ impl TaskRunner {
     }
 
     pub fn launch(&self, task: TaskDefinition) {
+        // A cancel that overtook its launch: the task must not run.
+        if self.cancelled.lock().remove(&task.task_id) {
+            debug!(task = %task.task_id, "task cancelled before it arrived");
+            return;
+        }
         let token = self.shutdown.child_token();
         self.running
             .lock()
@@ -71,7 +82,14 @@ impl TaskRunner {
                 _ = token.cancelled() => None,
                 outcome = async {
                     let _permit = slots.acquire_owned().await.ok();
-                    run(ctx, &task).await
+                    // A panic inside DataFusion fails the task instead of losing its report.
+                    AssertUnwindSafe(run(ctx, &task))
+                        .catch_unwind()
+                        .await
+                        .unwrap_or_else(|panic| TaskOutcome::Failed {
+                            message: format!("task panicked: {}", panic_message(&panic)),
+                            user_error: false,
+                        })
                 } => Some(outcome),
             };
             running.lock().remove(&task_id);
@@ -98,10 +116,28 @@ impl TaskRunner {
         });
     }
 
+    /// Cancels a task; a task not started yet is remembered so that its launch is dropped.
     pub fn cancel(&self, task_id: &TaskId) {
-        if let Some(token) = self.running.lock().remove(task_id) {
+        match self.running.lock().remove(task_id) {
+            Some(token) => token.cancel(),
+            None => {
+                self.cancelled.lock().insert(task_id.clone());
+            }
+        }
+    }
+
+    /// Cancels every running task (the scheduler forgot this executor, and with it the tasks).
+    pub fn cancel_all(&self) {
+        for (_, token) in self.running.lock().drain() {
             token.cancel();
         }
+    }
+
+    /// Forgets cancel records of a job whose data is gone.
+    pub fn forget_job(&self, job_id: &str) {
+        self.cancelled
+            .lock()
+            .retain(|t| t.job_id.as_str() != job_id);
     }
 
     fn task_context(&self, task: &TaskDefinition) -> Result<Arc<TaskContext>, DataFusionError> {
@@ -128,6 +164,14 @@ impl TaskRunner {
         self.tracker.close();
         self.tracker.wait().await;
     }
+}
+
+fn panic_message(panic: &Box<dyn Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 async fn run(ctx: Result<Arc<TaskContext>, DataFusionError>, task: &TaskDefinition) -> TaskOutcome {

@@ -75,11 +75,14 @@ impl SchedulerLink {
 
 /// Registers (retrying while the scheduler is unreachable), then heartbeats until shutdown.
 /// A refusal that retrying cannot fix (protocol mismatch) stops the executor.
+/// `forgotten` runs when the scheduler no longer knows this executor (it was declared lost):
+/// the tasks it was running are no longer expected, and are cancelled.
 pub async fn membership_loop(
     link: SchedulerLink,
     spec: ExecutorSpec,
     interval: Duration,
     metrics: impl Fn() -> ExecutorMetrics,
+    forgotten: impl Fn(),
     shutdown: CancellationToken,
 ) -> Result<()> {
     let mut registered = false;
@@ -94,6 +97,10 @@ pub async fn membership_loop(
             Ok(ok) => {
                 if !registered && ok {
                     info!(executor = %spec.id, "registered with the scheduler");
+                }
+                if registered && !ok {
+                    warn!(executor = %spec.id, "the scheduler forgot this executor; re-registering");
+                    forgotten();
                 }
                 registered = ok;
                 backoff = Duration::from_millis(100);
@@ -132,21 +139,16 @@ pub async fn report_loop(
         while let Ok(more) = statuses.try_recv() {
             batch.push(more);
         }
+        // Until it is delivered: a lost report would leave its task running forever in the
+        // scheduler's view. Duplicates are harmless (the scheduler ignores them).
         let mut delay = Duration::from_millis(50);
-        for attempt in 0..8 {
-            match link.report(&batch).await {
-                Ok(()) => break,
-                Err(e) if attempt == 7 => {
-                    error!(error = %e, tasks = batch.len(), "could not report task statuses");
-                }
-                Err(_) => {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(2));
-                }
+        while let Err(e) = link.report(&batch).await {
+            warn!(error = %e, tasks = batch.len(), "reporting task statuses failed; retrying");
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(delay) => {}
             }
+            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 }

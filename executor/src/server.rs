@@ -119,11 +119,13 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     };
     let interval = Duration::from_millis(config.heartbeat_interval_ms.max(10));
     let metrics_counters = Arc::clone(&counters);
+    let forgetful_runner = Arc::clone(&runner);
     tasks.spawn(membership_loop(
         link.clone(),
         spec,
         interval,
         move || metrics_counters.snapshot(),
+        move || forgetful_runner.cancel_all(),
         shutdown.clone(),
     ));
     tasks.spawn(report_loop(link, reports_rx, shutdown.clone()));

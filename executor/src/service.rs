@@ -78,6 +78,7 @@ impl ExecutorService for ExecutorGrpc {
             ))));
         }
         self.store.remove_job(&job_id);
+        self.runner.forget_job(&job_id);
         Ok(Response::new(pb::RemoveJobDataResponse {}))
     }
 }

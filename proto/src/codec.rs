@@ -81,6 +81,9 @@ impl PhysicalExtensionCodec for EmberPhysicalCodec {
                     return Err(wire_err("ShuffleWriterExec needs one input"));
                 };
                 let output = match w.output.ok_or_else(|| wire_err("writer without output"))? {
+                    pb::shuffle_writer_node::Output::PassThrough(0) => {
+                        return Err(wire_err("writer with zero output partitions"));
+                    }
                     pb::shuffle_writer_node::Output::PassThrough(n) => {
                         ShuffleOutput::PassThrough(n as usize)
                     }

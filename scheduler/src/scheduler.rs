@@ -61,6 +61,8 @@ struct Inner {
     /// Distributed jobs not yet finished, in submission order.
     active: Vec<JobId>,
     cluster: Cluster,
+    /// Since when jobs have been waiting with no executor registered at all.
+    no_executors_since: Option<u64>,
 }
 
 /// A task to send to an executor.
@@ -513,6 +515,7 @@ impl Scheduler {
                     effects.remove_data.push(id);
                 }
             }
+            self.fail_jobs_without_executors(&mut inner, now, timeout, &mut effects);
             if !lost.is_empty() {
                 self.assign(&mut inner, &mut effects);
             }
@@ -522,6 +525,36 @@ impl Scheduler {
         self.apply(effects);
         if changed {
             self.notify();
+        }
+    }
+
+    /// Jobs cannot wait forever for executors that never come: past the executor timeout with
+    /// none registered, the waiting jobs fail with that reason.
+    fn fail_jobs_without_executors(
+        &self,
+        inner: &mut Inner,
+        now: u64,
+        timeout: u64,
+        effects: &mut Effects,
+    ) {
+        if inner.cluster.total_slots() > 0 || inner.active.is_empty() {
+            inner.no_executors_since = None;
+            return;
+        }
+        let since = *inner.no_executors_since.get_or_insert(now);
+        if now.saturating_sub(since) <= timeout {
+            return;
+        }
+        let message = format!(
+            "no executor has been registered for {} s; start executors with `ember executor --scheduler URL`",
+            timeout / 1000
+        );
+        for job_id in inner.active.clone() {
+            if let Some(JobEntry::Distributed(job)) = inner.jobs.get_mut(&job_id) {
+                job.fail(message.clone(), now);
+            }
+            warn!(job_id = %job_id, %message, "job failed");
+            self.finish_failed(inner, &job_id, effects);
         }
     }
 
@@ -563,6 +596,7 @@ impl Scheduler {
             jobs,
             active,
             cluster,
+            ..
         } = inner;
         'jobs: for job_id in active.iter() {
             let Some(JobEntry::Distributed(job)) = jobs.get_mut(job_id) else {

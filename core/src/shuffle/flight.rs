@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightData, Ticket};
@@ -32,7 +33,11 @@ impl FlightFetcher {
             .map_err(|e| {
                 EmberError::InvalidMessage(format!("bad executor address {address}: {e}"))
             })?
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
         // Connects lazily; a dead peer shows up as an error on the first request.
         let channel = endpoint.connect_lazy();
         self.channels

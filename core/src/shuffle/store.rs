@@ -1,6 +1,6 @@
 //! An executor's shuffle store: the map outputs it holds, in memory or spilled to local disk.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -28,6 +28,8 @@ type MapKey = (String, u32, u32);
 pub struct ShuffleStore {
     dir: PathBuf,
     outputs: Mutex<HashMap<MapKey, Arc<MapOutput>>>,
+    /// Jobs whose data was removed: a late map output of theirs is dropped, not kept.
+    removed: Mutex<HashSet<String>>,
 }
 
 /// The output of one map task: for each output partition, its segments in order.
@@ -59,6 +61,7 @@ impl ShuffleStore {
         Ok(Self {
             dir,
             outputs: Mutex::new(HashMap::new()),
+            removed: Mutex::new(HashSet::new()),
         })
     }
 
@@ -85,6 +88,10 @@ impl ShuffleStore {
 
     /// Publishes a finished map output (a retried task replaces the earlier attempt's).
     pub fn insert(&self, job_id: &str, stage_id: u32, map: u32, output: MapOutput) {
+        if self.removed.lock().contains(job_id) {
+            output.remove_file();
+            return;
+        }
         let old = self
             .outputs
             .lock()
@@ -96,6 +103,7 @@ impl ShuffleStore {
 
     /// Frees everything held for a job.
     pub fn remove_job(&self, job_id: &str) {
+        self.removed.lock().insert(job_id.to_string());
         self.outputs.lock().retain(|(job, _, _), _| job != job_id);
         let _ = std::fs::remove_dir_all(self.dir.join(job_id));
     }
