@@ -13,5 +13,5 @@ if [ ! -e "$data/_SUCCESS" ]; then
   touch "$data/_SUCCESS"
 fi
 "$ember" sql --local --executors 2 --tables "$data" -f tpch/q1.sql
-"$ember" sql --local --executors 2 --tables "$data" -c "EXPLAIN $(cat tpch/q3.sql)" --format csv | head -40
+"$ember" sql --local --executors 2 --tables "$data" -c "EXPLAIN $(cat tpch/q3.sql)" --format csv
 "$ember" sql --local --executors 2 --tables "$data" -f tpch/q3.sql

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs Ember's whole test suite: installs what is missing, builds once, runs every test with
-# cargo-nextest (or cargo test where nextest is not installed), then the doc tests.
+# Runs Ember's whole test suite: installs what is missing, builds once, runs the doc tests, then
+# every other test with cargo-nextest (or cargo test where nextest is not installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -8,10 +8,11 @@ scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ember-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 start=$(date +%s)
+# Doc tests first (nextest does not run them), so the test runner's summary comes last.
+cargo test --workspace --doc
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --all-targets --profile ci --no-fail-fast
 else
   cargo test --workspace --all-targets --no-fail-fast
 fi
-cargo test --workspace --doc
 echo "tests finished in $(( $(date +%s) - start ))s"

@@ -76,13 +76,7 @@ impl EmberClient {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
         };
-        let reply = self
-            .scheduler
-            .clone()
-            .execute_query(request)
-            .await
-            .map_err(|s| error_from_status(&s))?;
-        Ok(JobId::from(reply.into_inner().job_id))
+        self.execute(request).await
     }
 
     /// Submits a DataFusion logical plan, e.g. one built with DataFusion's DataFrame API over
@@ -94,6 +88,10 @@ impl EmberClient {
             query: Some(pb::execute_query_request::Query::LogicalPlan(bytes)),
             settings: Default::default(),
         };
+        self.execute(request).await
+    }
+
+    async fn execute(&self, request: pb::ExecuteQueryRequest) -> Result<JobId> {
         let reply = self
             .scheduler
             .clone()
