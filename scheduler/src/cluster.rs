@@ -116,13 +116,6 @@ impl Cluster {
     pub fn ids(&self) -> Vec<ExecutorId> {
         self.executors.keys().cloned().collect()
     }
-
-    pub fn addresses(&self) -> Vec<String> {
-        self.executors
-            .values()
-            .map(|e| e.spec.address.clone())
-            .collect()
-    }
 }
 
 #[cfg(test)]

@@ -33,11 +33,6 @@ impl SchedulerHandle {
         self.scheduler.shutdown().await;
         served.map_err(|e| EmberError::Internal(format!("scheduler server: {e}")))
     }
-
-    /// Resolves when the server stops on its own (an error).
-    pub fn is_finished(&self) -> bool {
-        self.server.is_finished()
-    }
 }
 
 /// Binds `config.bind` and serves the scheduler until `shutdown`.

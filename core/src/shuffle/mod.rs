@@ -20,7 +20,7 @@ pub use format::{
     batches_from_ipc_stream, batches_to_ipc_stream, decode_records, encode_schema,
     schema_from_bytes, schema_to_bytes,
 };
-pub use reader::{ShuffleReaderExec, is_fetch_failure};
+pub use reader::ShuffleReaderExec;
 pub use store::{MapOutput, MapOutputWriter, ShuffleStore};
 pub use writer::ShuffleWriterExec;
 

@@ -19,7 +19,7 @@ use datafusion::physical_plan::{
 use futures::stream::{self, StreamExt, TryStreamExt};
 
 use super::{PartitionLocation, ShuffleEnv, flight_data_stream};
-use crate::error::{EmberError, find_ember_error};
+use crate::error::EmberError;
 use crate::metrics::ExecutorCounters;
 
 /// How many map outputs one reader partition fetches at once.
@@ -196,9 +196,4 @@ fn to_datafusion(
         FlightError::Arrow(e) => DataFusionError::ArrowError(Box::new(e), None),
         other => DataFusionError::from(location.fetch_failed(other.to_string())),
     }
-}
-
-/// Whether a task error came from fetching shuffle input (a typed fetch failure).
-pub fn is_fetch_failure(e: &DataFusionError) -> bool {
-    matches!(find_ember_error(e), Some(EmberError::FetchFailed { .. }))
 }

@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow_flight::FlightData;
@@ -65,10 +65,6 @@ impl ShuffleStore {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Starts writing the output of map task `map` of `stage`.
     pub fn writer(
         &self,
@@ -106,11 +102,6 @@ impl ShuffleStore {
         self.removed.lock().insert(job_id.to_string());
         self.outputs.lock().retain(|(job, _, _), _| job != job_id);
         let _ = std::fs::remove_dir_all(self.dir.join(job_id));
-    }
-
-    /// Number of map outputs held (for tests and metrics).
-    pub fn map_outputs(&self) -> usize {
-        self.outputs.lock().len()
     }
 
     /// The Flight messages of one partition: its schema, then its stored IPC messages.
