@@ -279,8 +279,12 @@ impl StageCutter {
     }
 
     /// Makes `plan` its own stage (unless it already is a reader) and returns its reader.
+    /// A reader, or a merge straight over one, is already computed once: every task reads it
+    /// whole through the reader, and a stage more would only add a barrier.
     fn materialize(&mut self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-        if plan.is::<ShuffleReaderExec>() {
+        let merged_reader =
+            plan.is::<CoalescePartitionsExec>() && plan.children()[0].is::<ShuffleReaderExec>();
+        if plan.is::<ShuffleReaderExec>() || merged_reader {
             return Ok(plan);
         }
         let n = plan.output_partitioning().partition_count();
@@ -506,8 +510,11 @@ mod tests {
                         || join.right().output_partitioning().partition_count() == 1,
                     "{sql}: unsafe broadcast"
                 );
+                let left = join.left();
                 assert!(
-                    join.left().is::<ShuffleReaderExec>(),
+                    left.is::<ShuffleReaderExec>()
+                        || (left.is::<CoalescePartitionsExec>()
+                            && left.children()[0].is::<ShuffleReaderExec>()),
                     "{sql}: build side not cut"
                 );
             }
