@@ -157,3 +157,21 @@ fn standalone_serves_a_cluster_in_one_process() {
     let n: u64 = stdout.lines().nth(1).unwrap().parse().unwrap();
     assert!(n > 0, "{stdout}");
 }
+
+#[test]
+fn a_malformed_scheduler_url_is_refused_at_once() {
+    for cmd in [
+        &[
+            "executor",
+            "--bind",
+            "127.0.0.1:0",
+            "--scheduler",
+            "not-a-url",
+        ][..],
+        &["sql", "--scheduler", "not-a-url", "-c", "select 1"][..],
+    ] {
+        let (ok, _, stderr) = ember(cmd);
+        assert!(!ok, "{cmd:?} must fail");
+        assert!(stderr.contains("http://HOST:PORT"), "{cmd:?}: {stderr}");
+    }
+}

@@ -16,7 +16,7 @@ use ember_proto::error_from_status;
 use ember_proto::pb;
 use ember_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// How long one status request waits for progress on the server.
 const POLL: Duration = Duration::from_secs(10);
@@ -44,13 +44,12 @@ impl QueryResult {
 impl EmberClient {
     /// Connects to the scheduler at `url` (`http://HOST:PORT`).
     pub async fn connect(url: &str) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| EmberError::User(format!("bad scheduler URL {url:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
-        let channel = endpoint.connect().await.map_err(|e| {
-            EmberError::Unavailable(format!("cannot reach the scheduler at {url}: {e}"))
-        })?;
+        let channel = ember_core::net::endpoint(url)?
+            .connect()
+            .await
+            .map_err(|e| {
+                EmberError::Unavailable(format!("cannot reach the scheduler at {url}: {e}"))
+            })?;
         Ok(Self {
             scheduler: SchedulerServiceClient::new(channel)
                 .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)

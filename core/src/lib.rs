@@ -7,6 +7,7 @@ pub mod error;
 pub mod ids;
 pub mod job;
 pub mod metrics;
+pub mod net;
 pub mod session;
 pub mod shuffle;
 

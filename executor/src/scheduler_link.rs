@@ -4,15 +4,15 @@
 
 use std::time::Duration;
 
+use ember_core::Result;
 use ember_core::job::{ExecutorSpec, TaskStatus};
 use ember_core::metrics::ExecutorMetrics;
-use ember_core::{EmberError, Result};
 use ember_proto::error_from_status;
 use ember_proto::pb;
 use ember_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
 #[derive(Debug, Clone)]
@@ -22,11 +22,7 @@ pub struct SchedulerLink {
 
 impl SchedulerLink {
     pub fn new(url: &str) -> Result<Self> {
-        let endpoint = Endpoint::from_shared(url.to_string())
-            .map_err(|e| EmberError::User(format!("bad scheduler URL {url:?}: {e}")))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
-        let client = SchedulerServiceClient::new(endpoint.connect_lazy())
+        let client = SchedulerServiceClient::new(ember_core::net::endpoint(url)?.connect_lazy())
             .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
         Ok(Self { client })

@@ -1,41 +1,21 @@
 //! The scheduler's gRPC client to executors (launch, cancel, free data), one channel per address.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
-
 use ember_core::job::TaskDefinition;
-use ember_core::{EmberError, JobId, Result, TaskId};
+use ember_core::net::Channels;
+use ember_core::{JobId, Result, TaskId};
 use ember_proto::error_from_status;
 use ember_proto::pb;
 use ember_proto::pb::executor_service_client::ExecutorServiceClient;
-use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[derive(Debug, Clone, Default)]
 pub struct ExecutorClients {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Channels,
 }
 
 impl ExecutorClients {
     fn client(&self, address: &str) -> Result<ExecutorServiceClient<Channel>> {
-        let channel = {
-            let mut channels = self.channels.lock();
-            match channels.get(address) {
-                Some(c) => c.clone(),
-                None => {
-                    let c = Endpoint::from_shared(format!("http://{address}"))
-                        .map_err(|e| {
-                            EmberError::InvalidMessage(format!("bad address {address}: {e}"))
-                        })?
-                        .connect_timeout(Duration::from_secs(5))
-                        .tcp_nodelay(true)
-                        .connect_lazy();
-                    channels.insert(address.to_string(), c.clone());
-                    c
-                }
-            }
-        };
+        let channel = self.channels.get(address)?;
         Ok(ExecutorServiceClient::new(channel)
             .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES))

@@ -1,49 +1,26 @@
 //! The Arrow Flight side of the shuffle client: fetching a partition from another executor.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightData, Ticket};
 use futures::stream::{BoxStream, StreamExt};
-use parking_lot::Mutex;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::PartitionLocation;
-use crate::error::{EmberError, Result};
+use crate::error::Result;
 use crate::metrics::ExecutorCounters;
+use crate::net::Channels;
 
 /// Flight clients to other executors, one channel per address, reused across fetches.
 #[derive(Debug, Default)]
 pub struct FlightFetcher {
-    channels: Mutex<HashMap<String, Channel>>,
+    channels: Channels,
 }
 
 impl FlightFetcher {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    fn channel(&self, address: &str) -> Result<Channel> {
-        if let Some(channel) = self.channels.lock().get(address) {
-            return Ok(channel.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| {
-                EmberError::InvalidMessage(format!("bad executor address {address}: {e}"))
-            })?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
-        // Connects lazily; a dead peer shows up as an error on the first request.
-        let channel = endpoint.connect_lazy();
-        self.channels
-            .lock()
-            .insert(address.to_string(), channel.clone());
-        Ok(channel)
     }
 
     /// Streams one partition's Flight messages (schema first) from the executor that holds it.
@@ -52,7 +29,7 @@ impl FlightFetcher {
         location: &PartitionLocation,
         counters: Option<Arc<ExecutorCounters>>,
     ) -> Result<BoxStream<'static, Result<FlightData>>> {
-        let channel = self.channel(&location.address)?;
+        let channel = self.channels.get(&location.address)?;
         fetch_partition(channel, location, counters).await
     }
 }

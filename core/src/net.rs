@@ -1,0 +1,77 @@
+//! Dialing Ember peers over gRPC: one check of what a URL may be, one set of channel settings,
+//! and a cache of channels by address.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tonic::codegen::http::Uri;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{EmberError, Result};
+
+/// An endpoint for `url`, which must be `http://HOST:PORT` (or `https://`).
+pub fn endpoint(url: &str) -> Result<Endpoint> {
+    let bad = || EmberError::User(format!("{url:?} is not a URL of the form http://HOST:PORT"));
+    let uri: Uri = url.parse().map_err(|_| bad())?;
+    let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
+    let has_port = uri
+        .authority()
+        .is_some_and(|a| a.port_u16().is_some() && !a.host().is_empty());
+    if !scheme_ok || !has_port || !matches!(uri.path(), "" | "/") {
+        return Err(bad());
+    }
+    Ok(Endpoint::from(uri)
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true))
+}
+
+/// Channels to peers by `host:port`, connected lazily (a dead peer shows up as an error on the
+/// first request) and reused.
+#[derive(Debug, Clone, Default)]
+pub struct Channels {
+    channels: Arc<Mutex<HashMap<String, Channel>>>,
+}
+
+impl Channels {
+    pub fn get(&self, address: &str) -> Result<Channel> {
+        let mut channels = self.channels.lock();
+        if let Some(channel) = channels.get(address) {
+            return Ok(channel.clone());
+        }
+        let channel = endpoint(&format!("http://{address}"))?.connect_lazy();
+        channels.insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_http_host_port_urls_are_accepted() {
+        for good in [
+            "http://127.0.0.1:50050",
+            "http://sched:1/",
+            "https://a.b:443",
+        ] {
+            assert!(endpoint(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "not-a-url",
+            "127.0.0.1:50050",
+            "http://host",
+            "ftp://h:1",
+            "http://h:1/x",
+            "",
+        ] {
+            let err = endpoint(bad).expect_err(bad).to_string();
+            assert!(err.contains("http://HOST:PORT"), "{bad}: {err}");
+        }
+    }
+}
