@@ -657,6 +657,9 @@ impl Scheduler {
                 }
             });
         }
+        if effects.cancels.is_empty() && effects.remove_data.is_empty() {
+            return;
+        }
         let addresses: HashMap<ExecutorId, String> = {
             let inner = self.inner.lock();
             inner
