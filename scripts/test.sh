@@ -3,7 +3,7 @@
 # every other test with cargo-nextest (or cargo test where nextest is not installed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --test
 # One target directory outside the clone, reused by later runs on the same machine.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ember-target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"

@@ -36,6 +36,13 @@ pub enum TaskOutcome {
         message: String,
         user_error: bool,
     },
+    /// The task could not read an input stage's output from the executor holding it: that
+    /// output must be recomputed before the task can run again.
+    FetchFailed {
+        executor_id: ExecutorId,
+        stage_id: u32,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +99,21 @@ pub struct JobStatus {
     pub inline_result: Bytes,
     /// Bytes written to shuffle by all stages of the job.
     pub shuffle_bytes: u64,
+    pub stages: Vec<StageStatus>,
+}
+
+/// One stage of a job, as a client sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageStatus {
+    pub stage_id: u32,
+    /// `waiting`, `running` or `completed`.
+    pub state: String,
+    pub tasks: u32,
+    pub tasks_completed: u32,
+    /// Task attempts launched so far (more than `tasks` when work was retried or recomputed).
+    pub launches: u32,
+    /// Per task: the executor holding its output, or empty while it is not done.
+    pub task_executors: Vec<String>,
 }
 
 /// An executor as the scheduler reports it.

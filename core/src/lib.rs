@@ -6,6 +6,7 @@
 pub mod error;
 pub mod ids;
 pub mod job;
+pub mod meta;
 pub mod metrics;
 pub mod net;
 pub mod session;
@@ -15,7 +16,7 @@ pub use error::{EmberError, Result};
 pub use ids::{ExecutorId, JobId, StageId, TaskId};
 
 /// Version of the scheduler⇄executor protocol; registration refuses a mismatch.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest gRPC message any Ember service or client accepts (plans listing many files are big).
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 512 * 1024 * 1024;

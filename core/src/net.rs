@@ -49,6 +49,20 @@ impl Channels {
     }
 }
 
+/// What peers dial: `--advertise-addr`, or the bound address unless it is a wildcard.
+pub fn advertised_address(advertise: Option<&str>, bound: std::net::SocketAddr) -> Result<String> {
+    match advertise {
+        Some(a) if a.ends_with(":0") || !a.contains(':') => {
+            Ok(format!("{}:{}", a.trim_end_matches(":0"), bound.port()))
+        }
+        Some(a) => Ok(a.to_string()),
+        None if bound.ip().is_unspecified() => Err(EmberError::User(format!(
+            "bound to {bound}: give --advertise-addr with the address peers should dial"
+        ))),
+        None => Ok(bound.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

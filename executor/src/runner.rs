@@ -9,7 +9,8 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::physical_plan::common::collect;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use ember_core::error::datafusion_is_user_error;
+use ember_core::EmberError;
+use ember_core::error::{datafusion_is_user_error, find_ember_error};
 use ember_core::job::{TaskDefinition, TaskOutcome, TaskStatus};
 use ember_core::metrics::{ExecutorCounters, file_rows_scanned};
 use ember_core::session::distributed_session_config;
@@ -107,6 +108,14 @@ impl TaskRunner {
                     warn!(task = %task_id, %message, "task failed");
                     ExecutorCounters::add(&counters.tasks_failed, 1);
                 }
+                TaskOutcome::FetchFailed {
+                    executor_id: from,
+                    message,
+                    ..
+                } => {
+                    warn!(task = %task_id, %from, %message, "task could not fetch its input");
+                    ExecutorCounters::add(&counters.tasks_failed, 1);
+                }
             }
             let _ = reports.send(TaskStatus {
                 task_id,
@@ -177,9 +186,21 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
 async fn run(ctx: Result<Arc<TaskContext>, DataFusionError>, task: &TaskDefinition) -> TaskOutcome {
     match execute(ctx, task).await {
         Ok(outcome) => outcome,
-        Err(e) => TaskOutcome::Failed {
-            message: e.to_string(),
-            user_error: datafusion_is_user_error(&e),
+        Err(e) => match find_ember_error(&e) {
+            Some(EmberError::FetchFailed {
+                executor_id,
+                stage_id,
+                message,
+                ..
+            }) => TaskOutcome::FetchFailed {
+                executor_id: executor_id.as_str().into(),
+                stage_id: *stage_id,
+                message: message.clone(),
+            },
+            _ => TaskOutcome::Failed {
+                message: e.to_string(),
+                user_error: datafusion_is_user_error(&e),
+            },
         },
     }
 }

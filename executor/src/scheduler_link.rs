@@ -46,6 +46,7 @@ impl SchedulerLink {
         let request = pb::HeartbeatRequest {
             executor_id: spec.id.to_string(),
             metrics: Some(metrics.into()),
+            draining: false,
         };
         let reply = self
             .client

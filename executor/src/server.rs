@@ -54,7 +54,8 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         .await
         .map_err(|e| EmberError::User(format!("cannot listen on {}: {e}", config.bind)))?;
     let local_addr = listener.local_addr()?;
-    let advertise = advertised_address(config.advertise_addr.as_deref(), local_addr)?;
+    let advertise =
+        ember_core::net::advertised_address(config.advertise_addr.as_deref(), local_addr)?;
     let link = SchedulerLink::new(&config.scheduler_url)?;
     let executor_id = config
         .executor_id
@@ -143,18 +144,4 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         runner,
         _work_dir: temp,
     })
-}
-
-/// What peers dial: `--advertise-addr`, or the bound address unless it is a wildcard.
-pub fn advertised_address(advertise: Option<&str>, bound: SocketAddr) -> Result<String> {
-    match advertise {
-        Some(a) if a.ends_with(":0") || !a.contains(':') => {
-            Ok(format!("{}:{}", a.trim_end_matches(":0"), bound.port()))
-        }
-        Some(a) => Ok(a.to_string()),
-        None if bound.ip().is_unspecified() => Err(EmberError::User(format!(
-            "bound to {bound}: give --advertise-addr with the address peers should dial"
-        ))),
-        None => Ok(bound.to_string()),
-    }
 }

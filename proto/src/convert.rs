@@ -1,8 +1,8 @@
 //! Wire ⇄ domain conversions. Each exists once; a missing required field is a typed error.
 
 use ember_core::job::{
-    ExecutorInfo, ExecutorSpec, JobState, JobStatus, PartitionStats, TaskDefinition, TaskOutcome,
-    TaskStatus,
+    ExecutorInfo, ExecutorSpec, JobState, JobStatus, PartitionStats, StageStatus, TaskDefinition,
+    TaskOutcome, TaskStatus,
 };
 use ember_core::metrics::ExecutorMetrics;
 use ember_core::shuffle::PartitionLocation;
@@ -151,6 +151,15 @@ impl From<&TaskStatus> for pb::TaskStatus {
                 message: message.clone(),
                 user_error: *user_error,
             }),
+            TaskOutcome::FetchFailed {
+                executor_id,
+                stage_id,
+                message,
+            } => pb::task_status::Outcome::FetchFailed(pb::TaskFetchFailed {
+                executor_id: executor_id.to_string(),
+                stage_id: *stage_id,
+                message: message.clone(),
+            }),
         };
         pb::TaskStatus {
             task_id: Some((&s.task_id).into()),
@@ -178,6 +187,11 @@ impl TryFrom<pb::TaskStatus> for TaskStatus {
             pb::task_status::Outcome::Failed(f) => TaskOutcome::Failed {
                 message: f.message,
                 user_error: f.user_error,
+            },
+            pb::task_status::Outcome::FetchFailed(f) => TaskOutcome::FetchFailed {
+                executor_id: f.executor_id.into(),
+                stage_id: f.stage_id,
+                message: f.message,
             },
         };
         if s.executor_id.is_empty() {
@@ -310,6 +324,18 @@ impl From<&JobStatus> for pb::JobStatus {
             result_partitions: locations_to_proto(&s.result_partitions),
             inline_result: s.inline_result.clone(),
             shuffle_bytes: s.shuffle_bytes,
+            stages: s
+                .stages
+                .iter()
+                .map(|st| pb::StageStatus {
+                    stage_id: st.stage_id,
+                    state: st.state.clone(),
+                    tasks: st.tasks,
+                    tasks_completed: st.tasks_completed,
+                    launches: st.launches,
+                    task_executors: st.task_executors.clone(),
+                })
+                .collect(),
         }
     }
 }
@@ -332,6 +358,18 @@ impl TryFrom<pb::JobStatus> for JobStatus {
             result_partitions: locations_from_proto(s.result_partitions)?,
             inline_result: s.inline_result,
             shuffle_bytes: s.shuffle_bytes,
+            stages: s
+                .stages
+                .into_iter()
+                .map(|st| StageStatus {
+                    stage_id: st.stage_id,
+                    state: st.state,
+                    tasks: st.tasks,
+                    tasks_completed: st.tasks_completed,
+                    launches: st.launches,
+                    task_executors: st.task_executors,
+                })
+                .collect(),
         })
     }
 }

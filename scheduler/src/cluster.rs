@@ -15,6 +15,11 @@ struct Entry {
     running: u32,
     metrics: ExecutorMetrics,
     last_seen_ms: u64,
+    /// No new tasks: a launch to it failed (until it is heard from again), or it is draining.
+    suspended: bool,
+    /// Its liveness is a lease in the metadata store, not heartbeats.
+    leased: bool,
+    draining: bool,
 }
 
 /// How executors join and leave; the scheduler's view of membership.
@@ -42,6 +47,9 @@ impl ExecutorMembership for Cluster {
                 running: 0,
                 metrics: ExecutorMetrics::default(),
                 last_seen_ms: now_ms,
+                suspended: false,
+                leased: false,
+                draining: false,
             },
         );
     }
@@ -51,6 +59,7 @@ impl ExecutorMembership for Cluster {
             Some(e) => {
                 e.metrics = metrics;
                 e.last_seen_ms = now_ms;
+                e.suspended = false;
                 true
             }
             None => false,
@@ -61,7 +70,7 @@ impl ExecutorMembership for Cluster {
         let gone: Vec<ExecutorId> = self
             .executors
             .iter()
-            .filter(|(_, e)| now_ms.saturating_sub(e.last_seen_ms) > timeout_ms)
+            .filter(|(_, e)| !e.leased && now_ms.saturating_sub(e.last_seen_ms) > timeout_ms)
             .map(|(id, _)| id.clone())
             .collect();
         for id in &gone {
@@ -72,6 +81,15 @@ impl ExecutorMembership for Cluster {
 }
 
 impl Cluster {
+    /// An executor whose liveness is its lease: it does not expire for want of heartbeats.
+    pub fn register_leased(&mut self, spec: ExecutorSpec, now_ms: u64) {
+        let id = spec.id.clone();
+        self.register(spec, now_ms);
+        if let Some(e) = self.executors.get_mut(&id) {
+            e.leased = true;
+        }
+    }
+
     pub fn get(&self, id: &ExecutorId) -> Option<&ExecutorSpec> {
         self.executors.get(id).map(|e| &e.spec)
     }
@@ -80,12 +98,20 @@ impl Cluster {
         self.executors.values().map(|e| e.spec.slots).sum()
     }
 
-    /// Takes a slot on the executor with the most free slots (ties: lowest id).
-    pub fn take_slot(&mut self) -> Option<ExecutorSpec> {
+    /// Takes a slot on the executor with the most free slots (ties: lowest id), never on
+    /// `avoid` unless it is the only executor that can take tasks.
+    pub fn take_slot(&mut self, avoid: Option<&ExecutorId>) -> Option<ExecutorSpec> {
+        let usable = |e: &Entry| !e.suspended && !e.draining;
+        let avoid = avoid.filter(|a| {
+            self.executors
+                .values()
+                .any(|e| usable(e) && &e.spec.id != *a)
+        });
         let entry = self
             .executors
             .values_mut()
-            .filter(|e| e.running < e.spec.slots)
+            .filter(|e| usable(e) && e.running < e.spec.slots)
+            .filter(|e| Some(&e.spec.id) != avoid)
             .max_by(|a, b| {
                 (a.spec.slots - a.running)
                     .cmp(&(b.spec.slots - b.running))
@@ -95,11 +121,36 @@ impl Cluster {
         Some(entry.spec.clone())
     }
 
+    pub fn has_free_slot(&self) -> bool {
+        self.executors
+            .values()
+            .any(|e| !e.suspended && !e.draining && e.running < e.spec.slots)
+    }
+
     /// Frees a slot taken by a task that finished (or never started).
     pub fn release_slot(&mut self, id: &ExecutorId) {
         if let Some(e) = self.executors.get_mut(id) {
             e.running = e.running.saturating_sub(1);
         }
+    }
+
+    /// A launch to the executor failed: give it no tasks until it is heard from again.
+    pub fn suspend(&mut self, id: &ExecutorId) {
+        if let Some(e) = self.executors.get_mut(id) {
+            e.suspended = true;
+        }
+    }
+
+    /// The executor is shutting down: it gets no new tasks.
+    pub fn set_draining(&mut self, id: &ExecutorId, draining: bool) {
+        if let Some(e) = self.executors.get_mut(id) {
+            e.draining = draining;
+        }
+    }
+
+    /// Removes an executor (its lease ended); returns whether it was known.
+    pub fn remove(&mut self, id: &ExecutorId) -> bool {
+        self.executors.remove(id).is_some()
     }
 
     pub fn infos(&self) -> Vec<ExecutorInfo> {
@@ -136,12 +187,34 @@ mod tests {
         c.register(spec("a", 2), 0);
         c.register(spec("b", 2), 0);
         let picks: Vec<String> = (0..4)
-            .map(|_| c.take_slot().unwrap().id.to_string())
+            .map(|_| c.take_slot(None).unwrap().id.to_string())
             .collect();
         assert_eq!(picks, ["a", "b", "a", "b"]);
-        assert!(c.take_slot().is_none());
+        assert!(c.take_slot(None).is_none());
         c.release_slot(&"b".into());
-        assert_eq!(c.take_slot().unwrap().id.as_str(), "b");
+        assert_eq!(c.take_slot(None).unwrap().id.as_str(), "b");
+    }
+
+    #[test]
+    fn retries_avoid_an_executor_and_suspended_or_draining_ones_get_nothing() {
+        let mut c = Cluster::default();
+        c.register(spec("a", 2), 0);
+        c.register(spec("b", 1), 0);
+        assert_eq!(c.take_slot(Some(&"a".into())).unwrap().id.as_str(), "b");
+        // b is full: a task avoiding a waits rather than going back to a.
+        assert!(c.take_slot(Some(&"a".into())).is_none());
+        c.suspend(&"b".into());
+        assert_eq!(
+            c.take_slot(Some(&"a".into())).unwrap().id.as_str(),
+            "a",
+            "a is all there is"
+        );
+        c.set_draining(&"a".into(), true);
+        assert!(c.take_slot(None).is_none());
+        c.set_draining(&"a".into(), false);
+        c.release_slot(&"b".into());
+        assert!(c.heartbeat(&"b".into(), ExecutorMetrics::default(), 1));
+        assert_eq!(c.take_slot(Some(&"a".into())).unwrap().id.as_str(), "b");
     }
 
     #[test]

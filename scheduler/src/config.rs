@@ -35,6 +35,25 @@ pub struct SchedulerConfig {
     /// How long a finished job's status and result stay available, in seconds.
     #[arg(long, env = "EMBER_RESULT_TTL_SECS", default_value_t = 600)]
     pub result_ttl_secs: u64,
+
+    /// How many times one task may fail (not counting its executor being lost) before its job
+    /// fails.
+    #[arg(long, env = "EMBER_MAX_TASK_ATTEMPTS", default_value_t = 4)]
+    pub max_task_attempts: u32,
+
+    /// etcd endpoints (`http://host:port`, comma-separated). With them, schedulers elect a
+    /// leader, jobs survive the leader's loss, and executors register there; without them the
+    /// scheduler keeps its state in memory and executors register with it directly.
+    #[arg(long, env = "EMBER_ETCD")]
+    pub etcd: Option<String>,
+
+    /// Name of the cluster: its keys live under `/ember/NAME` in etcd.
+    #[arg(long, env = "EMBER_CLUSTER_NAME", default_value = "default")]
+    pub cluster_name: String,
+
+    /// Seconds a leader may go unheard before a standby takes over.
+    #[arg(long, env = "EMBER_LEADER_TTL_SECS", default_value_t = 10)]
+    pub leader_ttl_secs: u64,
 }
 
 impl Default for SchedulerConfig {

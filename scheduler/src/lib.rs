@@ -3,7 +3,9 @@
 
 pub mod cluster;
 pub mod config;
+pub mod durable;
 pub mod executor_client;
+pub mod ha;
 pub mod planner;
 pub mod scheduler;
 pub mod server;
@@ -11,5 +13,5 @@ pub mod service;
 pub mod state;
 
 pub use config::SchedulerConfig;
-pub use scheduler::{Query, Scheduler};
+pub use scheduler::{Query, Role, Scheduler};
 pub use server::{SchedulerHandle, start};

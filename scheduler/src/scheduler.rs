@@ -25,11 +25,25 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use ember_core::meta::{Keys, MetaStore, put_chunked};
+
 use crate::cluster::{Cluster, ExecutorMembership};
 use crate::config::SchedulerConfig;
+use crate::durable::{Record, fence, restore_jobs, stage_output_record, unix_ms};
 use crate::executor_client::ExecutorClients;
 use crate::planner::{StageGraph, plan_stages, resolve_readers};
 use crate::state::{Job, JobEvent};
+
+/// What this scheduler is doing in its cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// Not (yet) known: campaigning, or taking over and restoring jobs.
+    Starting,
+    /// Leads; `fence` is the create revision of the leader key, guarding every write.
+    Leader { fence: i64 },
+    /// Another scheduler leads (at `leader`, when known): requests are forwarded to it.
+    Standby { leader: Option<String> },
+}
 
 /// What a client asks the scheduler to run.
 #[derive(Debug, Clone)]
@@ -77,10 +91,19 @@ struct Effects {
     launches: Vec<Launch>,
     cancels: Vec<(ExecutorId, TaskId)>,
     remove_data: Vec<JobId>,
+    /// Facts to record in the metadata store (in order).
+    records: Vec<Record>,
 }
 
 pub struct Scheduler {
-    config: SchedulerConfig,
+    pub(crate) config: SchedulerConfig,
+    pub(crate) store: Arc<dyn MetaStore>,
+    pub(crate) keys: Keys,
+    /// This scheduler's id in the leader record.
+    pub(crate) id: String,
+    role: watch::Sender<Role>,
+    journal: tokio::sync::mpsc::UnboundedSender<(i64, Record)>,
+    journal_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(i64, Record)>>>,
     ctx: SessionContext,
     inner: Mutex<Inner>,
     changes: watch::Sender<u64>,
@@ -99,10 +122,17 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
-    pub fn new(config: SchedulerConfig) -> Arc<Self> {
+    pub fn new(config: SchedulerConfig, store: Arc<dyn MetaStore>) -> Arc<Self> {
         let session = distributed_session_config(SessionConfig::new());
+        let (journal, journal_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new_cyclic(|me| Scheduler {
+            keys: Keys::new(&config.cluster_name),
+            id: uuid::Uuid::new_v4().simple().to_string(),
             config,
+            store,
+            role: watch::channel(Role::Starting).0,
+            journal,
+            journal_rx: Mutex::new(Some(journal_rx)),
             ctx: SessionContext::new_with_config(session),
             inner: Mutex::new(Inner::default()),
             changes: watch::channel(0).0,
@@ -123,8 +153,58 @@ impl Scheduler {
         self.changes.send_modify(|v| *v += 1);
     }
 
-    /// Starts the background loop that expires silent executors and old jobs.
-    pub fn start_background(self: &Arc<Self>) {
+    pub fn role(&self) -> Role {
+        self.role.borrow().clone()
+    }
+
+    pub fn role_changes(&self) -> watch::Receiver<Role> {
+        self.role.subscribe()
+    }
+
+    /// Waits until this scheduler leads.
+    pub async fn wait_leader(&self) {
+        let mut role = self.role.subscribe();
+        let _ = role.wait_for(|r| matches!(r, Role::Leader { .. })).await;
+    }
+
+    pub(crate) fn set_role(&self, role: Role) {
+        self.role.send_if_modified(|r| {
+            let changed = *r != role;
+            *r = role;
+            changed
+        });
+    }
+
+    fn fence(&self) -> Option<i64> {
+        match *self.role.borrow() {
+            Role::Leader { fence } => Some(fence),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn is_leader(&self, fence: i64) -> bool {
+        self.fence() == Some(fence)
+    }
+
+    pub(crate) fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
+    /// Starts the background loops: housekeeping (old jobs, silent executors), the journal
+    /// that records facts in the metadata store, and leadership.
+    pub fn start_background(self: &Arc<Self>, address: String) {
+        if let Some(rx) = self.journal_rx.lock().take() {
+            self.tasks.spawn(Arc::clone(self).journal_loop(rx));
+        }
+        self.tasks
+            .spawn(crate::ha::leadership(Arc::clone(self), address));
         let this = Arc::clone(self);
         let token = self.shutdown.clone();
         self.tasks.spawn(async move {
@@ -200,15 +280,28 @@ impl Scheduler {
             return Ok(job_id);
         }
         let graph = plan_stages(job_id.as_str(), physical)?;
-        for stage in graph.stages.values() {
-            // Refuse a plan executors could not receive now, rather than fail it later.
-            ember_proto::encode_plan(Arc::clone(&stage.plan))?;
-        }
+        // Encoding refuses a plan executors could not receive now, rather than fail it later.
+        let plans = graph
+            .stages
+            .values()
+            .map(|stage| {
+                Ok((
+                    stage.stage_id,
+                    ember_proto::encode_plan(Arc::clone(&stage.plan))?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let task_settings = task_settings(&ctx, settings);
-        let job = Job::new(job_id.clone(), graph, task_settings, self.now_ms());
+        let mut job = Job::new(job_id.clone(), graph, task_settings, self.now_ms());
+        job.max_task_attempts = self.config.max_task_attempts;
+        job.submitted_unix_ms = unix_ms();
+        let fence = self.record_job(&mut job, plans).await?;
         info!(job_id = %job_id, stages = job.stages.len(), "job submitted");
         let effects = {
             let mut inner = self.inner.lock();
+            if !self.is_leader(fence) {
+                return Err(not_leader());
+            }
             inner
                 .jobs
                 .insert(job_id.clone(), JobEntry::Distributed(job));
@@ -221,6 +314,40 @@ impl Scheduler {
         self.apply(effects);
         self.notify();
         Ok(job_id)
+    }
+
+    /// Records a new job (its stage plans, then the job record) before it is acknowledged, so
+    /// that a leader taking over finds it. Returns the leadership it was recorded under.
+    async fn record_job(&self, job: &mut Job, plans: Vec<(u32, Bytes)>) -> Result<i64> {
+        let fence = self.fence().ok_or_else(not_leader)?;
+        let guard = crate::durable::fence(&self.keys, fence);
+        let unavailable = |e: EmberError| match e {
+            EmberError::Unavailable(m) => {
+                EmberError::Unavailable(format!("cannot record the job: {m}"))
+            }
+            other => other,
+        };
+        for (stage_id, bytes) in plans {
+            let key = self.keys.stage_plan(job.id.as_str(), stage_id);
+            let chunks = put_chunked(self.store.as_ref(), &key, &bytes, &guard)
+                .await
+                .map_err(unavailable)?
+                .ok_or_else(not_leader)?;
+            if let Some(stage) = job.stages.get_mut(&stage_id) {
+                stage.plan_chunks = chunks;
+            }
+        }
+        let op = Record::job(job).op(&self.keys);
+        if !self
+            .store
+            .txn(guard, vec![op])
+            .await
+            .map_err(unavailable)?
+            .succeeded
+        {
+            return Err(not_leader());
+        }
+        Ok(fence)
     }
 
     fn shuffle_partitions(&self) -> usize {
@@ -298,6 +425,7 @@ impl Scheduler {
                 result_partitions: Vec::new(),
                 inline_result: j.result.clone(),
                 shuffle_bytes: 0,
+                stages: Vec::new(),
             },
             JobEntry::Distributed(job) => JobStatus {
                 job_id: job_id.clone(),
@@ -316,6 +444,7 @@ impl Scheduler {
                 },
                 inline_result: Bytes::new(),
                 shuffle_bytes: job.shuffle_bytes(),
+                stages: job.stage_statuses(),
             },
         })
     }
@@ -336,6 +465,7 @@ impl Scheduler {
                 return Ok(false);
             }
             let running = job.cancel(now);
+            let record = Record::job(job);
             for (executor, _) in &running {
                 inner.cluster.release_slot(executor);
             }
@@ -343,6 +473,7 @@ impl Scheduler {
             let mut effects = Effects {
                 cancels: running,
                 remove_data: vec![job_id.clone()],
+                records: vec![record],
                 ..Default::default()
             };
             self.assign(&mut inner, &mut effects);
@@ -385,7 +516,7 @@ impl Scheduler {
             let mut effects = Effects::default();
             // A re-registration means the executor restarted: what it held is gone.
             if inner.cluster.get(&spec.id).is_some() {
-                self.lose_executor(&mut inner, &spec.id, now, &mut effects);
+                self.lose_executor(&mut inner, &spec.id, &mut effects);
             }
             inner.cluster.register(spec, now);
             self.assign(&mut inner, &mut effects);
@@ -397,9 +528,13 @@ impl Scheduler {
     }
 
     /// Returns false when the executor is unknown and must register again.
-    pub fn heartbeat(&self, id: &ExecutorId, metrics: ExecutorMetrics) -> bool {
+    pub fn heartbeat(&self, id: &ExecutorId, metrics: ExecutorMetrics, draining: bool) -> bool {
         let now = self.now_ms();
-        self.inner.lock().cluster.heartbeat(id, metrics, now)
+        let mut inner = self.inner.lock();
+        if draining {
+            inner.cluster.set_draining(id, true);
+        }
+        inner.cluster.heartbeat(id, metrics, now)
     }
 
     pub fn executors(&self) -> Vec<ExecutorInfo> {
@@ -447,9 +582,41 @@ impl Scheduler {
             return;
         };
         inner.cluster.release_slot(&status.executor_id);
+        if let TaskOutcome::FetchFailed { executor_id, .. } = &status.outcome {
+            warn!(job_id = %job_id, task = %status.task_id, from = %executor_id, "fetch failed; recomputing the lost output");
+        }
+        self.on_event(inner, job_id, event, effects);
+    }
+
+    /// Acts on what a job's state machine decided.
+    fn on_event(&self, inner: &mut Inner, job_id: &JobId, event: JobEvent, effects: &mut Effects) {
+        if let Some(JobEntry::Distributed(job)) = inner.jobs.get_mut(job_id) {
+            let cancels = job.take_cancels();
+            for (executor, _) in &cancels {
+                inner.cluster.release_slot(executor);
+            }
+            effects.cancels.extend(cancels);
+            let completed = match event {
+                JobEvent::StageCompleted(stage) => Some(stage),
+                JobEvent::Succeeded => Some(job.final_stage),
+                _ => None,
+            };
+            if let Some(record) = completed.and_then(|s| stage_output_record(job, s)) {
+                let bytes = prost::Message::encode_to_vec(&record).into();
+                let stage = completed.expect("some");
+                effects
+                    .records
+                    .push(Record::StageOutput(job.id.clone(), stage, bytes));
+            }
+            if job.state.is_terminal() {
+                effects.records.push(Record::job(job));
+            }
+        }
         match event {
-            JobEvent::None => {}
-            JobEvent::StageCompleted(_) => self.advance(inner, job_id, effects),
+            JobEvent::None | JobEvent::Retry => {}
+            JobEvent::StageCompleted(_) | JobEvent::Recompute => {
+                self.advance(inner, job_id, effects)
+            }
             JobEvent::Succeeded => {
                 info!(job_id = %job_id, "job succeeded");
                 inner.active.retain(|j| j != job_id);
@@ -459,6 +626,26 @@ impl Scheduler {
                 self.finish_failed(inner, job_id, effects);
             }
         }
+    }
+
+    /// Tasks could not be handed to an executor: they go back to pending, and the executor
+    /// gets no more tasks until it is heard from again.
+    fn launch_failed(&self, executor: &ExecutorId, tasks: Vec<TaskId>) {
+        let effects = {
+            let mut inner = self.inner.lock();
+            inner.cluster.suspend(executor);
+            for task in &tasks {
+                if let Some(JobEntry::Distributed(job)) = inner.jobs.get_mut(&task.job_id) {
+                    job.launch_failed(task);
+                }
+                inner.cluster.release_slot(executor);
+            }
+            let mut effects = Effects::default();
+            self.assign(&mut inner, &mut effects);
+            effects
+        };
+        self.apply(effects);
+        self.notify();
     }
 
     fn finish_failed(&self, inner: &mut Inner, job_id: &JobId, effects: &mut Effects) {
@@ -473,17 +660,15 @@ impl Scheduler {
         effects.remove_data.push(job_id.clone());
     }
 
-    fn lose_executor(&self, inner: &mut Inner, id: &ExecutorId, now: u64, effects: &mut Effects) {
+    fn lose_executor(&self, inner: &mut Inner, id: &ExecutorId, effects: &mut Effects) {
         warn!(executor = %id, "executor lost");
         let active = inner.active.clone();
         for job_id in active {
             let Some(JobEntry::Distributed(job)) = inner.jobs.get_mut(&job_id) else {
                 continue;
             };
-            if let JobEvent::Failed(message) = job.executor_lost(id, now) {
-                warn!(job_id = %job_id, %message, "job failed");
-                self.finish_failed(inner, &job_id, effects);
-            }
+            let event = job.executor_lost(id);
+            self.on_event(inner, &job_id, event, effects);
         }
     }
 
@@ -496,7 +681,7 @@ impl Scheduler {
             let mut effects = Effects::default();
             let lost = inner.cluster.expire(now, timeout);
             for id in &lost {
-                self.lose_executor(&mut inner, id, now, &mut effects);
+                self.lose_executor(&mut inner, id, &mut effects);
             }
             let expired: Vec<JobId> = inner
                 .jobs
@@ -512,7 +697,8 @@ impl Scheduler {
                 .collect();
             for id in expired {
                 if let Some(JobEntry::Distributed(_)) = inner.jobs.remove(&id) {
-                    effects.remove_data.push(id);
+                    effects.remove_data.push(id.clone());
+                    effects.records.push(Record::Remove(id));
                 }
             }
             self.fail_jobs_without_executors(&mut inner, now, timeout, &mut effects);
@@ -521,7 +707,9 @@ impl Scheduler {
             }
             effects
         };
-        let changed = !effects.remove_data.is_empty() || !effects.launches.is_empty();
+        let changed = !effects.remove_data.is_empty()
+            || !effects.launches.is_empty()
+            || !effects.records.is_empty();
         self.apply(effects);
         if changed {
             self.notify();
@@ -552,6 +740,7 @@ impl Scheduler {
         for job_id in inner.active.clone() {
             if let Some(JobEntry::Distributed(job)) = inner.jobs.get_mut(&job_id) {
                 job.fail(message.clone(), now);
+                effects.records.push(Record::job(job));
             }
             warn!(job_id = %job_id, %message, "job failed");
             self.finish_failed(inner, &job_id, effects);
@@ -581,9 +770,13 @@ impl Scheduler {
             }
         }
         match job.state {
-            JobState::Failed => self.finish_failed(inner, job_id, effects),
+            JobState::Failed => {
+                effects.records.push(Record::job(job));
+                self.finish_failed(inner, job_id, effects)
+            }
             JobState::Succeeded => {
                 job.finished_ms.get_or_insert(now);
+                effects.records.push(Record::job(job));
                 inner.active.retain(|j| j != job_id);
             }
             _ => {}
@@ -602,11 +795,15 @@ impl Scheduler {
             let Some(JobEntry::Distributed(job)) = jobs.get_mut(job_id) else {
                 continue;
             };
-            for (stage_id, partition) in job.pending_tasks() {
-                let Some(executor) = cluster.take_slot() else {
-                    break 'jobs;
+            for pending in job.pending_tasks() {
+                let Some(executor) = cluster.take_slot(pending.avoid.as_ref()) else {
+                    if !cluster.has_free_slot() {
+                        break 'jobs;
+                    }
+                    continue;
                 };
-                let task_id = job.task_launched(stage_id, partition, &executor.id);
+                let stage_id = pending.stage;
+                let task_id = job.task_launched(stage_id, pending.partition, &executor.id);
                 let plan = job.stages[&stage_id]
                     .launch_plan
                     .clone()
@@ -625,6 +822,16 @@ impl Scheduler {
 
     /// Performs effects: RPCs run as tracked tasks, never under the lock.
     fn apply(&self, effects: Effects) {
+        if !effects.records.is_empty() {
+            match self.fence() {
+                Some(fence) => {
+                    for record in effects.records {
+                        let _ = self.journal.send((fence, record));
+                    }
+                }
+                None => warn!("not the leader: facts left unrecorded"),
+            }
+        }
         let mut by_executor: HashMap<ExecutorId, (ExecutorSpec, Vec<TaskDefinition>)> =
             HashMap::new();
         for launch in effects.launches {
@@ -640,19 +847,9 @@ impl Scheduler {
             self.tasks.spawn(async move {
                 if let Err(e) = clients.launch(&executor.address, &tasks).await {
                     warn!(executor = %executor.id, error = %e, "launching tasks failed");
-                    let failed = tasks
-                        .into_iter()
-                        .map(|t| TaskStatus {
-                            task_id: t.task_id,
-                            executor_id: executor.id.clone(),
-                            outcome: TaskOutcome::Failed {
-                                message: format!("could not launch on {}: {e}", executor.id),
-                                user_error: false,
-                            },
-                        })
-                        .collect();
                     if let Some(this) = this {
-                        this.update_task_statuses(failed);
+                        let ids = tasks.into_iter().map(|t| t.task_id).collect();
+                        this.launch_failed(&executor.id, ids);
                     }
                 }
             });
@@ -696,9 +893,197 @@ impl Scheduler {
         }
     }
 
+    // ---- leadership ----------------------------------------------------------------------
+
+    /// Writes recorded facts in order, each fenced on the leadership it was decided under;
+    /// retries while the store is unreachable. A refused write means this scheduler was
+    /// deposed: it steps down.
+    async fn journal_loop(
+        self: Arc<Self>,
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<(i64, Record)>,
+    ) {
+        let token = self.shutdown.clone();
+        loop {
+            let (term, record) = tokio::select! {
+                _ = token.cancelled() => return,
+                r = rx.recv() => match r { Some(r) => r, None => return },
+            };
+            let mut delay = Duration::from_millis(100);
+            loop {
+                if !self.is_leader(term) {
+                    break;
+                }
+                let op = record.op(&self.keys);
+                match self.store.txn(fence(&self.keys, term), vec![op]).await {
+                    Ok(r) if r.succeeded => break,
+                    Ok(_) => {
+                        warn!("a write was refused: this scheduler no longer leads");
+                        self.step_down(term);
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "recording in the metadata store failed; retrying");
+                        tokio::select! {
+                            _ = token.cancelled() => return,
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes over as leader under `fence`: reads the live executors (when they register in
+    /// the store) and the recorded jobs, and continues every unfinished job.
+    pub(crate) async fn become_leader(
+        self: &Arc<Self>,
+        fence: i64,
+        executors: Option<Vec<(ExecutorSpec, bool)>>,
+    ) -> Result<()> {
+        let now = self.now_ms();
+        if let Some(executors) = &executors {
+            self.sync_executors(executors);
+        }
+        let alive: std::collections::HashSet<ExecutorId> =
+            self.inner.lock().cluster.ids().into_iter().collect();
+        let jobs = restore_jobs(
+            self.store.as_ref(),
+            &self.keys,
+            &self.ctx.task_ctx(),
+            &alive,
+            now,
+        )
+        .await?;
+        let effects = {
+            let mut inner = self.inner.lock();
+            inner.jobs.retain(|_, e| matches!(e, JobEntry::Inline(_)));
+            inner.active.clear();
+            let mut ids = Vec::new();
+            for mut job in jobs {
+                // Attempts of this term differ from any an earlier leader launched.
+                job.attempt_base = ((fence as u32) & 0xffff) << 12;
+                let id = job.id.clone();
+                if !job.state.is_terminal() {
+                    ids.push(id.clone());
+                }
+                inner.jobs.insert(id, JobEntry::Distributed(job));
+            }
+            ids.sort_by_key(|id| match &inner.jobs[id] {
+                JobEntry::Distributed(j) => j.submitted_unix_ms,
+                JobEntry::Inline(_) => 0,
+            });
+            inner.active = ids.clone();
+            self.set_role(Role::Leader { fence });
+            let mut effects = Effects::default();
+            for id in &ids {
+                self.advance(&mut inner, id, &mut effects);
+            }
+            self.assign(&mut inner, &mut effects);
+            if !ids.is_empty() {
+                info!(jobs = ids.len(), "continuing the recorded jobs");
+            }
+            effects
+        };
+        self.apply(effects);
+        self.notify();
+        Ok(())
+    }
+
+    /// Leadership `fence` ended: forget the jobs (the next leader continues them from their
+    /// records) and refuse work until a leader is known.
+    pub(crate) fn step_down(&self, fence: i64) {
+        if !self.is_leader(fence) {
+            return;
+        }
+        warn!("stepping down as leader");
+        self.set_role(Role::Starting);
+        let mut inner = self.inner.lock();
+        inner.jobs.retain(|_, e| matches!(e, JobEntry::Inline(_)));
+        inner.active.clear();
+        drop(inner);
+        self.notify();
+    }
+
+    /// Makes the executors the store lists (`(spec, draining)`) the membership: missing ones
+    /// are lost, new ones join, and a changed address means a restart.
+    pub(crate) fn sync_executors(&self, executors: &[(ExecutorSpec, bool)]) {
+        let effects = {
+            let mut inner = self.inner.lock();
+            let mut effects = Effects::default();
+            let listed: std::collections::HashSet<&ExecutorId> =
+                executors.iter().map(|(s, _)| &s.id).collect();
+            for id in inner.cluster.ids() {
+                if !listed.contains(&id) {
+                    inner.cluster.remove(&id);
+                    self.lose_executor(&mut inner, &id, &mut effects);
+                }
+            }
+            for (spec, draining) in executors {
+                self.executor_seen(&mut inner, spec, *draining, &mut effects);
+            }
+            self.assign(&mut inner, &mut effects);
+            effects
+        };
+        self.apply(effects);
+        self.notify();
+    }
+
+    /// An executor's record appeared or changed in the store.
+    pub(crate) fn executor_put(&self, spec: ExecutorSpec, draining: bool) {
+        let effects = {
+            let mut inner = self.inner.lock();
+            let mut effects = Effects::default();
+            self.executor_seen(&mut inner, &spec, draining, &mut effects);
+            self.assign(&mut inner, &mut effects);
+            effects
+        };
+        self.apply(effects);
+        self.notify();
+    }
+
+    /// An executor's record vanished (its lease ended: crash, kill, partition, or shutdown).
+    pub(crate) fn executor_gone(&self, id: &ExecutorId) {
+        let effects = {
+            let mut inner = self.inner.lock();
+            let mut effects = Effects::default();
+            if inner.cluster.remove(id) {
+                self.lose_executor(&mut inner, id, &mut effects);
+                self.assign(&mut inner, &mut effects);
+            }
+            effects
+        };
+        self.apply(effects);
+        self.notify();
+    }
+
+    fn executor_seen(
+        &self,
+        inner: &mut Inner,
+        spec: &ExecutorSpec,
+        draining: bool,
+        effects: &mut Effects,
+    ) {
+        match inner.cluster.get(&spec.id) {
+            Some(known) if known == spec => {}
+            known => {
+                if known.is_some() {
+                    self.lose_executor(inner, &spec.id, effects);
+                }
+                info!(executor = %spec.id, address = %spec.address, slots = spec.slots, "executor joined");
+                inner.cluster.register_leased(spec.clone(), self.now_ms());
+            }
+        }
+        inner.cluster.set_draining(&spec.id, draining);
+    }
+
     fn self_ref(&self) -> Option<Arc<Scheduler>> {
         self.me.upgrade()
     }
+}
+
+fn not_leader() -> EmberError {
+    EmberError::Unavailable("this scheduler is not the leader (any more); retry".into())
 }
 
 /// The DataFusion settings tasks run with: the client's, plus the execution batch size.

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use ember_core::meta::{EtcdStore, MemoryStore, MetaStore};
 use ember_core::{EmberError, Result};
 use ember_proto::pb::scheduler_service_server::SchedulerServiceServer;
 use tokio::net::TcpListener;
@@ -10,7 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SchedulerConfig;
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Role, Scheduler};
 use crate::service::SchedulerGrpc;
 
 /// A running scheduler; dropping it does not stop it, `shutdown` does.
@@ -44,8 +45,22 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
     if let Some(path) = &config.port_file {
         std::fs::write(path, local_addr.port().to_string())?;
     }
-    let scheduler = Scheduler::new(config);
-    scheduler.start_background();
+    let address =
+        ember_core::net::advertised_address(config.advertise_addr.as_deref(), local_addr)?;
+    let store: Arc<dyn MetaStore> = match &config.etcd {
+        Some(urls) => Arc::new(EtcdStore::connect(urls).await?),
+        None => Arc::new(MemoryStore::new()),
+    };
+    let scheduler = Scheduler::new(config, store);
+    scheduler.start_background(address);
+    // Serve once this scheduler knows its role: at once in memory, within a few seconds with
+    // etcd (if etcd does not answer, requests get "unavailable, retry" until it does).
+    let mut role = scheduler.role_changes();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        role.wait_for(|r| *r != Role::Starting),
+    )
+    .await;
     let service = SchedulerServiceServer::new(SchedulerGrpc::new(Arc::clone(&scheduler)))
         .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);

@@ -12,7 +12,11 @@ use ember_proto::pb::scheduler_service_server::SchedulerService;
 use ember_proto::status_from_error;
 use tonic::{Request, Response, Status};
 
-use crate::scheduler::{Query, Scheduler};
+use ember_core::net::Channels;
+use ember_proto::pb::scheduler_service_client::SchedulerServiceClient;
+use tonic::transport::Channel;
+
+use crate::scheduler::{Query, Role, Scheduler};
 
 /// Longest long-poll a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -20,12 +24,46 @@ const MAX_WAIT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct SchedulerGrpc {
     scheduler: Arc<Scheduler>,
+    channels: Channels,
 }
 
 impl SchedulerGrpc {
     pub fn new(scheduler: Arc<Scheduler>) -> Self {
-        Self { scheduler }
+        Self {
+            scheduler,
+            channels: Channels::default(),
+        }
     }
+
+    /// Where a request goes: `None` to this scheduler (it leads), or a client of the leader
+    /// (this one stands by: it forwards, since some clients cannot follow a redirect).
+    fn route(&self) -> Result<Option<SchedulerServiceClient<Channel>>, Status> {
+        match self.scheduler.role() {
+            Role::Leader { .. } => Ok(None),
+            Role::Standby {
+                leader: Some(address),
+            } => {
+                let channel = self.channels.get(&address).map_err(err)?;
+                Ok(Some(
+                    SchedulerServiceClient::new(channel)
+                        .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
+                        .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES),
+                ))
+            }
+            _ => Err(Status::unavailable(
+                "no scheduler leads the cluster at the moment (an election is under way); retry",
+            )),
+        }
+    }
+}
+
+/// Forwards the request to the leader when this scheduler stands by.
+macro_rules! forward {
+    ($self:ident, $request:ident, $method:ident) => {
+        if let Some(mut leader) = $self.route()? {
+            return leader.$method($request.into_inner()).await;
+        }
+    };
 }
 
 fn err(e: EmberError) -> Status {
@@ -47,6 +85,7 @@ impl SchedulerService for SchedulerGrpc {
         &self,
         request: Request<pb::ExecuteQueryRequest>,
     ) -> Result<Response<pb::ExecuteQueryResponse>, Status> {
+        forward!(self, request, execute_query);
         let req = request.into_inner();
         let query = match required(req.query, "query").map_err(err)? {
             pb::execute_query_request::Query::Sql(sql) => Query::Sql(sql),
@@ -64,6 +103,7 @@ impl SchedulerService for SchedulerGrpc {
         &self,
         request: Request<pb::GetJobStatusRequest>,
     ) -> Result<Response<pb::GetJobStatusResponse>, Status> {
+        forward!(self, request, get_job_status);
         let req = request.into_inner();
         let wait = Duration::from_millis(req.wait_ms).min(MAX_WAIT);
         let status = self
@@ -80,6 +120,7 @@ impl SchedulerService for SchedulerGrpc {
         &self,
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
+        forward!(self, request, cancel_job);
         let id = job_id(request.into_inner().job_id)?;
         let cancelled = self.scheduler.cancel(&id).map_err(err)?;
         Ok(Response::new(pb::CancelJobResponse { cancelled }))
@@ -89,6 +130,7 @@ impl SchedulerService for SchedulerGrpc {
         &self,
         request: Request<pb::ReleaseJobRequest>,
     ) -> Result<Response<pb::ReleaseJobResponse>, Status> {
+        forward!(self, request, release_job);
         let id = job_id(request.into_inner().job_id)?;
         self.scheduler.release(&id).map_err(err)?;
         Ok(Response::new(pb::ReleaseJobResponse {}))
@@ -98,6 +140,7 @@ impl SchedulerService for SchedulerGrpc {
         &self,
         request: Request<pb::RegisterExecutorRequest>,
     ) -> Result<Response<pb::RegisterExecutorResponse>, Status> {
+        forward!(self, request, register_executor);
         let req = request.into_inner();
         let spec: ExecutorSpec = required(req.executor, "executor")
             .and_then(TryInto::try_into)
@@ -112,10 +155,12 @@ impl SchedulerService for SchedulerGrpc {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        forward!(self, request, heartbeat);
         let req = request.into_inner();
         let known = self.scheduler.heartbeat(
             &req.executor_id.into(),
             req.metrics.map(Into::into).unwrap_or_default(),
+            req.draining,
         );
         Ok(Response::new(pb::HeartbeatResponse { reregister: !known }))
     }
@@ -124,6 +169,7 @@ impl SchedulerService for SchedulerGrpc {
         &self,
         request: Request<pb::UpdateTaskStatusRequest>,
     ) -> Result<Response<pb::UpdateTaskStatusResponse>, Status> {
+        forward!(self, request, update_task_status);
         let statuses = request
             .into_inner()
             .statuses
@@ -137,8 +183,9 @@ impl SchedulerService for SchedulerGrpc {
 
     async fn list_executors(
         &self,
-        _request: Request<pb::ListExecutorsRequest>,
+        request: Request<pb::ListExecutorsRequest>,
     ) -> Result<Response<pb::ListExecutorsResponse>, Status> {
+        forward!(self, request, list_executors);
         Ok(Response::new(pb::ListExecutorsResponse {
             executors: self.scheduler.executors().iter().map(Into::into).collect(),
             scheduler_rows_scanned: self.scheduler.rows_scanned(),

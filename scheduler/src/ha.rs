@@ -1,0 +1,290 @@
+//! Leadership: schedulers campaign for one key in the metadata store; the winner leads under
+//! a lease it keeps alive, the others stand by, watching the key, and campaign again when it
+//! goes (the leader's lease ended: it died, was cut off, or resigned). A leader also follows
+//! executor membership through the store when executors register there.
+//!
+//! The leader key's create revision is the leader's fence: every write it makes is a
+//! transaction that first compares it, so a deposed leader can change nothing.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ember_core::Result;
+use ember_core::job::ExecutorSpec;
+use ember_core::meta::{Compare, KeyValue, LeaseId, Op, WatchEvent};
+use ember_proto::pb;
+use futures::StreamExt;
+use prost::Message;
+use tracing::{info, warn};
+
+use crate::scheduler::{Role, Scheduler};
+
+/// How long to wait before retrying a store that did not answer.
+const RETRY: Duration = Duration::from_millis(500);
+
+/// Campaigns, leads and stands by until shutdown; on shutdown a leader resigns at once so a
+/// standby takes over without waiting for the lease to expire.
+pub async fn leadership(sched: Arc<Scheduler>, address: String) {
+    let token = sched.shutdown_token();
+    let record = pb::LeaderRecord {
+        scheduler_id: sched.id.clone(),
+        address,
+        protocol_version: ember_core::PROTOCOL_VERSION,
+    }
+    .encode_to_vec();
+    let ttl = sched.config.leader_ttl_secs.max(1) as i64;
+    while !token.is_cancelled() {
+        let won = tokio::select! {
+            _ = token.cancelled() => return,
+            won = campaign(&sched, &record, ttl) => won,
+        };
+        match won {
+            Ok(Some((lease, fence))) => {
+                info!(scheduler = %sched.id, fence, "elected leader");
+                lead(&sched, lease, fence, ttl).await;
+                sched.step_down(fence);
+                if token.is_cancelled() {
+                    // Resign: the key goes with the lease, and a standby's watch sees it.
+                    let _ = sched.store.revoke(lease).await;
+                    info!("resigned leadership");
+                    return;
+                }
+            }
+            Ok(None) => stand_by(&sched).await,
+            Err(e) => {
+                warn!(error = %e, "campaign failed; retrying");
+                sched.set_role(Role::Starting);
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(RETRY) => {}
+                }
+            }
+        }
+    }
+}
+
+/// Tries once to create the leader key under a fresh lease: `Some((lease, fence))` when won.
+async fn campaign(sched: &Scheduler, record: &[u8], ttl: i64) -> Result<Option<(LeaseId, i64)>> {
+    let key = sched.keys.leader();
+    let lease = sched.store.grant_lease(ttl).await?;
+    let put = Op::Put {
+        key: key.clone(),
+        value: Bytes::copy_from_slice(record),
+        lease: Some(lease),
+    };
+    let result = sched
+        .store
+        .txn(vec![Compare::CreateRevision(key.clone(), 0)], vec![put])
+        .await?;
+    if result.succeeded {
+        return Ok(Some((lease, result.revision)));
+    }
+    let _ = sched.store.revoke(lease).await;
+    // A key of our own from a term we gave up (the store was unreachable for a while) would
+    // block everyone until its lease ran out: remove it and campaign again.
+    if let Some(kv) = sched.store.get(&key).await?
+        && leader_of(&kv).is_some_and(|l| l.scheduler_id == sched.id)
+    {
+        sched
+            .store
+            .txn(
+                vec![Compare::CreateRevision(key.clone(), kv.create_revision)],
+                vec![Op::Delete(key)],
+            )
+            .await?;
+        return Box::pin(campaign(sched, record, ttl)).await;
+    }
+    Ok(None)
+}
+
+fn leader_of(kv: &KeyValue) -> Option<pb::LeaderRecord> {
+    pb::LeaderRecord::decode(&kv.value[..]).ok()
+}
+
+/// Leads until the lease is lost (or shutdown): restores the jobs, follows executors, keeps
+/// the lease alive.
+async fn lead(sched: &Arc<Scheduler>, lease: LeaseId, fence: i64, ttl: i64) {
+    let token = sched.shutdown_token();
+    let ttl = Duration::from_secs(ttl as u64);
+    let mut last_ok = Instant::now();
+    // Take over: retried until done, as long as the lease lives.
+    let with_etcd = sched.config.etcd.is_some();
+    loop {
+        let executors = if with_etcd {
+            match read_executors(sched).await {
+                Ok((list, revision)) => Some((Some(list), revision)),
+                Err(e) => {
+                    warn!(error = %e, "reading executors failed");
+                    None
+                }
+            }
+        } else {
+            Some((None, 0))
+        };
+        if let Some((list, revision)) = executors {
+            match sched.become_leader(fence, list).await {
+                Ok(()) => {
+                    if with_etcd {
+                        sched.spawn(follow_executors(Arc::clone(sched), fence, revision));
+                    }
+                    break;
+                }
+                Err(e) => warn!(error = %e, "taking over failed; retrying"),
+            }
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+        match sched.store.keep_alive(lease).await {
+            Ok(t) if t > 0 => last_ok = Instant::now(),
+            Ok(_) => return,
+            Err(_) if last_ok.elapsed() > ttl => return,
+            Err(_) => {}
+        }
+    }
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(ttl / 3) => {}
+        }
+        if !sched.is_leader(fence) {
+            return;
+        }
+        match sched.store.keep_alive(lease).await {
+            Ok(t) if t > 0 => last_ok = Instant::now(),
+            Ok(_) => {
+                warn!("the leader lease expired");
+                return;
+            }
+            Err(e) if last_ok.elapsed() > ttl => {
+                warn!(error = %e, "could not renew the leader lease within its TTL");
+                return;
+            }
+            Err(e) => warn!(error = %e, "renewing the leader lease failed; retrying"),
+        }
+    }
+}
+
+/// Stands by while another scheduler leads: records where it is (requests are forwarded
+/// there) and returns when its key is gone.
+async fn stand_by(sched: &Scheduler) {
+    let token = sched.shutdown_token();
+    let key = sched.keys.leader();
+    let current = match sched.store.get(&key).await {
+        Ok(Some(kv)) => kv,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(error = %e, "reading the leader failed");
+            tokio::time::sleep(RETRY).await;
+            return;
+        }
+    };
+    let leader = leader_of(&current).map(|l| l.address);
+    sched.set_role(Role::Standby { leader });
+    let mut events = match sched.store.watch(&key, current.mod_revision).await {
+        Ok(s) => s,
+        Err(_) => {
+            tokio::time::sleep(RETRY).await;
+            return;
+        }
+    };
+    let recheck = Duration::from_secs(sched.config.leader_ttl_secs.max(1));
+    loop {
+        tokio::select! {
+            _ = token.cancelled() => return,
+            // Re-read now and then: a watch can stall silently while the store restarts.
+            _ = tokio::time::sleep(recheck) => return,
+            event = events.next() => match event {
+                Some(Ok(WatchEvent::Delete { .. })) | Some(Err(_)) | None => return,
+                Some(Ok(WatchEvent::Put(kv))) => {
+                    let leader = leader_of(&kv).map(|l| l.address);
+                    sched.set_role(Role::Standby { leader });
+                }
+            }
+        }
+    }
+}
+
+/// The executors registered in the store, `(spec, draining)`, and the revision read at.
+async fn read_executors(sched: &Scheduler) -> Result<(Vec<(ExecutorSpec, bool)>, i64)> {
+    let (kvs, revision) = sched.store.range(&sched.keys.executors()).await?;
+    Ok((kvs.iter().filter_map(executor_of).collect(), revision))
+}
+
+/// Decodes an executor record; one speaking another protocol version is refused here (the
+/// executor itself checks the leader's version and stops with the reason).
+fn executor_of(kv: &KeyValue) -> Option<(ExecutorSpec, bool)> {
+    let record = pb::ExecutorRecord::decode(&kv.value[..]).ok()?;
+    if record.protocol_version != ember_core::PROTOCOL_VERSION {
+        warn!(
+            key = %kv.key,
+            got = record.protocol_version,
+            expected = ember_core::PROTOCOL_VERSION,
+            "refusing an executor that speaks another protocol version"
+        );
+        return None;
+    }
+    let spec = ExecutorSpec::try_from(record.executor?).ok()?;
+    Some((spec, record.draining))
+}
+
+/// Applies executor joins and losses from the store while leadership `fence` lasts; after a
+/// broken watch, re-reads the whole membership and watches again.
+async fn follow_executors(sched: Arc<Scheduler>, fence: i64, mut revision: i64) {
+    let token = sched.shutdown_token();
+    let prefix = sched.keys.executors();
+    loop {
+        if !sched.is_leader(fence) {
+            return;
+        }
+        match sched.store.watch(&prefix, revision).await {
+            Ok(mut events) => loop {
+                let event = tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        if sched.is_leader(fence) {
+                            continue;
+                        }
+                        return;
+                    }
+                    e = events.next() => e,
+                };
+                match event {
+                    Some(Ok(WatchEvent::Put(kv))) => {
+                        revision = kv.mod_revision;
+                        if let Some((spec, draining)) = executor_of(&kv) {
+                            sched.executor_put(spec, draining);
+                        }
+                    }
+                    Some(Ok(WatchEvent::Delete { key, revision: r })) => {
+                        revision = r;
+                        let id = key[prefix.len()..].to_string();
+                        sched.executor_gone(&id.into());
+                    }
+                    Some(Err(e)) => {
+                        warn!(error = %e, "executor watch broke; re-reading");
+                        break;
+                    }
+                    None => break,
+                }
+            },
+            Err(e) => warn!(error = %e, "cannot watch executors; retrying"),
+        }
+        tokio::select! {
+            _ = token.cancelled() => return,
+            _ = tokio::time::sleep(RETRY) => {}
+        }
+        if !sched.is_leader(fence) {
+            return;
+        }
+        match read_executors(&sched).await {
+            Ok((list, r)) => {
+                revision = r;
+                sched.sync_executors(&list);
+            }
+            Err(e) => warn!(error = %e, "reading executors failed"),
+        }
+    }
+}
