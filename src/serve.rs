@@ -51,7 +51,12 @@ pub async fn executor(config: ExecutorConfig) -> Result<()> {
             anyhow::bail!("the executor stopped: the scheduler refused it (see the log)");
         }
     }
-    handle.shutdown().await;
+    // SIGTERM drains: no new tasks, running ones finish, held shuffle output stays served
+    // until its jobs are done. A second signal stops at once.
+    tokio::select! {
+        _ = handle.drain() => {}
+        _ = terminated() => eprintln!("ember executor: stopping without draining"),
+    }
     Ok(())
 }
 

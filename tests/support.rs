@@ -17,27 +17,44 @@ pub const SCALE_FACTOR: f64 = 0.1;
 /// system temp dir) so later runs reuse it.
 pub fn tpch_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let base = std::env::var_os("EMBER_TEST_DATA_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| std::env::temp_dir().join("ember-test-data"));
-        let dir = base.join(format!("tpch-sf{SCALE_FACTOR}-v1"));
-        ember::tpch::ensure_generated(SCALE_FACTOR, &dir).expect("generating TPC-H test data");
-        dir
-    })
+    DIR.get_or_init(|| generated(SCALE_FACTOR))
+}
+
+/// TPC-H at a larger scale factor (0.5), for queries that must run long enough to be hit by a
+/// failure while they run.
+pub fn tpch_dir_large() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| generated(0.5))
+}
+
+fn generated(scale_factor: f64) -> PathBuf {
+    let base = std::env::var_os("EMBER_TEST_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("ember-test-data"));
+    let dir = base.join(format!("tpch-sf{scale_factor}-v1"));
+    ember::tpch::ensure_generated(scale_factor, &dir).expect("generating TPC-H test data");
+    dir
 }
 
 /// Single-node DataFusion with the TPC-H tables registered.
 pub async fn datafusion_reference() -> SessionContext {
+    datafusion_reference_at(tpch_dir()).await
+}
+
+pub async fn datafusion_reference_at(dir: &Path) -> SessionContext {
     let ctx = SessionContext::new();
-    for ddl in ember::sql::table_ddl(tpch_dir()).unwrap() {
+    for ddl in ember::sql::table_ddl(dir).unwrap() {
         ctx.sql(&ddl).await.unwrap().collect().await.unwrap();
     }
     ctx
 }
 
 pub async fn register_tpch(client: &EmberClient) {
-    for ddl in ember::sql::table_ddl(tpch_dir()).unwrap() {
+    register_tpch_at(client, tpch_dir()).await
+}
+
+pub async fn register_tpch_at(client: &EmberClient, dir: &Path) {
+    for ddl in ember::sql::table_ddl(dir).unwrap() {
         client.sql(&ddl).await.unwrap();
     }
 }

@@ -1,6 +1,7 @@
 //! `EmberClient`: a connection to a scheduler.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -21,9 +22,17 @@ use tonic::transport::Channel;
 /// How long one status request waits for progress on the server.
 const POLL: Duration = Duration::from_secs(10);
 
+/// How long calls keep retrying while no scheduler answers (a leader failover takes up to the
+/// leader TTL plus the new leader's recovery).
+const FAILOVER: Duration = Duration::from_secs(90);
+
+/// A connection to an Ember cluster through one or more of its schedulers. Calls that find
+/// no scheduler able to answer (it died, or an election is under way) try the next address
+/// and retry for a while, so a client waiting on a job keeps waiting through a failover.
 #[derive(Debug, Clone)]
 pub struct EmberClient {
-    scheduler: SchedulerServiceClient<Channel>,
+    schedulers: Arc<Vec<(String, SchedulerServiceClient<Channel>)>>,
+    current: Arc<AtomicUsize>,
     fetcher: Arc<FlightFetcher>,
 }
 
@@ -42,20 +51,80 @@ impl QueryResult {
 }
 
 impl EmberClient {
-    /// Connects to the scheduler at `url` (`http://HOST:PORT`).
+    /// Connects to the scheduler at `url` (`http://HOST:PORT`), or to any of several given
+    /// comma-separated: the first that answers is used, the others when it stops answering.
     pub async fn connect(url: &str) -> Result<Self> {
-        let channel = ember_core::net::endpoint(url)?
-            .connect()
-            .await
-            .map_err(|e| {
-                EmberError::Unavailable(format!("cannot reach the scheduler at {url}: {e}"))
-            })?;
-        Ok(Self {
-            scheduler: SchedulerServiceClient::new(channel)
+        let urls: Vec<&str> = url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(EmberError::User("no scheduler URL given".into()));
+        }
+        let mut schedulers = Vec::new();
+        for url in &urls {
+            let channel = ember_core::net::endpoint(url)?.connect_lazy();
+            let client = SchedulerServiceClient::new(channel)
                 .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
-                .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES),
-            fetcher: Arc::new(FlightFetcher::new()),
-        })
+                .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
+            schedulers.push((url.to_string(), client));
+        }
+        let mut errors = Vec::new();
+        for (i, url) in urls.iter().enumerate() {
+            match ember_core::net::endpoint(url)?.connect().await {
+                Ok(_) => {
+                    return Ok(Self {
+                        schedulers: Arc::new(schedulers),
+                        current: Arc::new(AtomicUsize::new(i)),
+                        fetcher: Arc::new(FlightFetcher::new()),
+                    });
+                }
+                Err(e) => errors.push(format!("{url}: {e}")),
+            }
+        }
+        Err(EmberError::Unavailable(format!(
+            "cannot reach the scheduler at {}",
+            errors.join("; ")
+        )))
+    }
+
+    /// Runs one call on the current scheduler; while none can answer (unreachable, or no
+    /// leader yet) moves to the next address and retries, up to [`FAILOVER`]. A call that is
+    /// not `idempotent` is retried only when it surely did not reach a leader.
+    async fn call<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<T>
+    where
+        F: Fn(SchedulerServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + FAILOVER;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let i = self.current.load(Ordering::Relaxed) % self.schedulers.len();
+            let (url, client) = &self.schedulers[i];
+            match f(client.clone()).await {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) if retryable(&status, idempotent) => {
+                    if tokio::time::Instant::now() + delay > deadline {
+                        return Err(EmberError::Unavailable(format!(
+                            "no scheduler answered for {} s (last: {url}: {})",
+                            FAILOVER.as_secs(),
+                            status.message()
+                        )));
+                    }
+                    tracing::debug!(%url, error = %status.message(), "scheduler unavailable; trying again");
+                    let _ = self.current.compare_exchange(
+                        i,
+                        (i + 1) % self.schedulers.len(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                }
+                Err(status) => return Err(error_from_status(&status)),
+            }
+        }
     }
 
     /// Submits a statement; returns its job id once planned (planning errors come back here).
@@ -92,12 +161,12 @@ impl EmberClient {
 
     async fn execute(&self, request: pb::ExecuteQueryRequest) -> Result<JobId> {
         let reply = self
-            .scheduler
-            .clone()
-            .execute_query(request)
-            .await
-            .map_err(|s| error_from_status(&s))?;
-        Ok(JobId::from(reply.into_inner().job_id))
+            .call(false, |mut c| {
+                let request = request.clone();
+                async move { c.execute_query(request).await }
+            })
+            .await?;
+        Ok(JobId::from(reply.job_id))
     }
 
     /// The job's status now, or after up to `wait` if it makes progress before.
@@ -107,13 +176,12 @@ impl EmberClient {
             wait_ms: wait.as_millis() as u64,
         };
         let reply = self
-            .scheduler
-            .clone()
-            .get_job_status(request)
-            .await
-            .map_err(|s| error_from_status(&s))?;
+            .call(true, |mut c| {
+                let request = request.clone();
+                async move { c.get_job_status(request).await }
+            })
+            .await?;
         let status = reply
-            .into_inner()
             .status
             .ok_or_else(|| EmberError::InvalidMessage("missing field status".into()))?;
         status.try_into()
@@ -193,42 +261,52 @@ impl EmberClient {
 
     /// Frees a job's result data on the executors.
     pub async fn release(&self, job_id: &JobId) -> Result<()> {
-        self.scheduler
-            .clone()
-            .release_job(pb::ReleaseJobRequest {
-                job_id: job_id.to_string(),
-            })
-            .await
-            .map_err(|s| error_from_status(&s))?;
+        let request = pb::ReleaseJobRequest {
+            job_id: job_id.to_string(),
+        };
+        self.call(true, |mut c| {
+            let request = request.clone();
+            async move { c.release_job(request).await }
+        })
+        .await?;
         Ok(())
     }
 
     pub async fn cancel(&self, job_id: &JobId) -> Result<bool> {
+        let request = pb::CancelJobRequest {
+            job_id: job_id.to_string(),
+        };
         let reply = self
-            .scheduler
-            .clone()
-            .cancel_job(pb::CancelJobRequest {
-                job_id: job_id.to_string(),
+            .call(true, |mut c| {
+                let request = request.clone();
+                async move { c.cancel_job(request).await }
             })
-            .await
-            .map_err(|s| error_from_status(&s))?;
-        Ok(reply.into_inner().cancelled)
+            .await?;
+        Ok(reply.cancelled)
     }
 
     /// The registered executors with their counters, and the rows the scheduler itself scanned.
     pub async fn executors(&self) -> Result<(Vec<ExecutorInfo>, u64)> {
         let reply = self
-            .scheduler
-            .clone()
-            .list_executors(pb::ListExecutorsRequest {})
-            .await
-            .map_err(|s| error_from_status(&s))?
-            .into_inner();
+            .call(true, |mut c| async move {
+                c.list_executors(pb::ListExecutorsRequest {}).await
+            })
+            .await?;
         let executors = reply
             .executors
             .into_iter()
             .map(TryInto::try_into)
             .collect::<Result<Vec<_>>>()?;
         Ok((executors, reply.scheduler_rows_scanned))
+    }
+}
+
+/// Whether a failed call may be tried again (elsewhere): the scheduler was unreachable or had
+/// no leader; for idempotent calls also a connection that broke mid-call.
+fn retryable(status: &tonic::Status, idempotent: bool) -> bool {
+    match status.code() {
+        tonic::Code::Unavailable => true,
+        tonic::Code::Unknown | tonic::Code::Cancelled => idempotent,
+        _ => false,
     }
 }

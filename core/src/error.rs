@@ -58,7 +58,9 @@ impl EmberError {
     /// True when the fault lies in what the user sent (query, data) rather than in Ember.
     pub fn is_user_error(&self) -> bool {
         match self {
-            EmberError::User(_) | EmberError::JobNotFound { .. } => true,
+            EmberError::User(_)
+            | EmberError::JobNotFound { .. }
+            | EmberError::ProtocolMismatch { .. } => true,
             EmberError::TaskFailed { user_error, .. } => *user_error,
             EmberError::DataFusion(e) => datafusion_is_user_error(e),
             EmberError::Arrow(_) => true,

@@ -7,7 +7,8 @@ use clap::Parser;
 #[derive(Debug, Clone, Parser)]
 #[command(about = "Ember executor options")]
 pub struct ExecutorConfig {
-    /// Scheduler to register with, as http://HOST:PORT.
+    /// Scheduler(s) to register with, as http://HOST:PORT; several, comma-separated, are tried
+    /// in turn (a standby forwards to the leader). Not needed with --etcd.
     #[arg(
         long = "scheduler",
         env = "EMBER_SCHEDULER_URL",
@@ -50,6 +51,25 @@ pub struct ExecutorConfig {
     /// Encoded shuffle bytes one task buffers in memory before spilling to disk, in MiB.
     #[arg(long, env = "EMBER_SHUFFLE_MEMORY_MB", default_value_t = 64)]
     pub shuffle_memory_mb: usize,
+
+    /// etcd endpoints (`http://host:port`, comma-separated): register there under a lease and
+    /// find the leading scheduler there, instead of through --scheduler.
+    #[arg(long, env = "EMBER_ETCD")]
+    pub etcd: Option<String>,
+
+    /// Name of the cluster: its keys live under `/ember/NAME` in etcd.
+    #[arg(long, env = "EMBER_CLUSTER_NAME", default_value = "default")]
+    pub cluster_name: String,
+
+    /// Seconds without a lease renewal after which the scheduler declares this executor lost
+    /// (with --etcd).
+    #[arg(long, env = "EMBER_LEASE_TTL_SECS", default_value_t = 10)]
+    pub lease_ttl_secs: u64,
+
+    /// On SIGTERM, the longest the executor keeps serving shuffle output still held for
+    /// running jobs before it exits, in seconds.
+    #[arg(long, env = "EMBER_DRAIN_TIMEOUT_SECS", default_value_t = 60)]
+    pub drain_timeout_secs: u64,
 }
 
 impl Default for ExecutorConfig {

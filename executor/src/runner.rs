@@ -35,6 +35,8 @@ pub struct TaskRunner {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     reports: mpsc::UnboundedSender<TaskStatus>,
+    /// Set when the executor drains: launches are refused.
+    draining: std::sync::atomic::AtomicBool,
 }
 
 impl TaskRunner {
@@ -54,7 +56,23 @@ impl TaskRunner {
             tracker: TaskTracker::new(),
             shutdown,
             reports,
+            draining: Default::default(),
         }
+    }
+
+    /// Refuse new tasks from now on (the executor is shutting down).
+    pub fn start_draining(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Tasks launched and not finished.
+    pub fn running(&self) -> usize {
+        self.running.lock().len()
     }
 
     pub fn counters(&self) -> &Arc<ExecutorCounters> {

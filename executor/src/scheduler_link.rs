@@ -1,31 +1,111 @@
-//! The executor's side of membership: register with the scheduler, heartbeat, report tasks.
-//! Registration goes to the scheduler directly today; it is the seam a coordination service
-//! (etcd) replaces.
+//! The executor's side of membership: find the leading scheduler, register, heartbeat, report
+//! tasks.
+//!
+//! Two ways to join. With `--scheduler URL[,URL…]` the executor registers with the scheduler
+//! over gRPC and heartbeats keep it known (any listed scheduler works: a standby forwards to the
+//! leader). With `--etcd URLS` it registers its own record under an etcd lease it keeps alive —
+//! the leader watches those records, so a crashed, killed or cut-off executor is declared lost
+//! when its lease ends — and it finds the leader through etcd. Either way task reports and
+//! metrics go to the leader over gRPC.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use ember_core::Result;
+use bytes::Bytes;
 use ember_core::job::{ExecutorSpec, TaskStatus};
+use ember_core::meta::{Keys, LeaseId, MetaStore};
 use ember_core::metrics::ExecutorMetrics;
+use ember_core::{EmberError, Result};
 use ember_proto::error_from_status;
 use ember_proto::pb;
 use ember_proto::pb::scheduler_service_client::SchedulerServiceClient;
-use tokio::sync::mpsc;
+use parking_lot::Mutex;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
+/// How the executor finds the leading scheduler.
+#[derive(Debug, Clone)]
+pub enum Leader {
+    /// Any of these schedulers (tried in turn when one does not answer).
+    Urls(Vec<String>),
+    /// The one the leader record in etcd names.
+    Etcd {
+        store: Arc<dyn MetaStore>,
+        keys: Keys,
+    },
+}
+
+type Client = SchedulerServiceClient<Channel>;
+
 #[derive(Debug, Clone)]
 pub struct SchedulerLink {
-    client: SchedulerServiceClient<Channel>,
+    leader: Leader,
+    current: Arc<Mutex<Option<Client>>>,
+    next: Arc<AtomicUsize>,
 }
 
 impl SchedulerLink {
-    pub fn new(url: &str) -> Result<Self> {
-        let client = SchedulerServiceClient::new(ember_core::net::endpoint(url)?.connect_lazy())
+    pub fn new(leader: Leader) -> Result<Self> {
+        if let Leader::Urls(urls) = &leader {
+            if urls.is_empty() {
+                return Err(EmberError::User("--scheduler needs a URL".into()));
+            }
+            for url in urls {
+                ember_core::net::endpoint(url)?;
+            }
+        }
+        Ok(Self {
+            leader,
+            current: Arc::new(Mutex::new(None)),
+            next: Arc::new(AtomicUsize::new(0)),
+        })
+    }
+
+    /// Parses `--scheduler`'s comma-separated list.
+    pub fn urls(list: &str) -> Leader {
+        Leader::Urls(
+            list.split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_string)
+                .collect(),
+        )
+    }
+
+    async fn client(&self) -> Result<Client> {
+        if let Some(c) = self.current.lock().clone() {
+            return Ok(c);
+        }
+        let url = match &self.leader {
+            Leader::Urls(urls) => urls[self.next.load(Ordering::Relaxed) % urls.len()].clone(),
+            Leader::Etcd { store, keys } => {
+                let record = leader_record(store.as_ref(), keys).await?.ok_or_else(|| {
+                    EmberError::Unavailable("no scheduler leads the cluster yet".into())
+                })?;
+                format!("http://{}", record.address)
+            }
+        };
+        let client = SchedulerServiceClient::new(ember_core::net::endpoint(&url)?.connect_lazy())
             .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
-        Ok(Self { client })
+        *self.current.lock() = Some(client.clone());
+        Ok(client)
+    }
+
+    /// After a failed call: find the leader again (next URL, or re-read etcd).
+    fn failed(&self, status: &tonic::Status) -> EmberError {
+        if matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ) {
+            *self.current.lock() = None;
+            self.next.fetch_add(1, Ordering::Relaxed);
+        }
+        error_from_status(status)
     }
 
     pub async fn register(&self, spec: &ExecutorSpec) -> Result<()> {
@@ -33,27 +113,31 @@ impl SchedulerLink {
             executor: Some(spec.into()),
             protocol_version: ember_core::PROTOCOL_VERSION,
         };
-        self.client
-            .clone()
+        let mut client = self.client().await?;
+        client
             .register_executor(request)
             .await
-            .map_err(|s| error_from_status(&s))?;
+            .map_err(|s| self.failed(&s))?;
         Ok(())
     }
 
     /// Returns true when the scheduler asks the executor to register again.
-    pub async fn heartbeat(&self, spec: &ExecutorSpec, metrics: &ExecutorMetrics) -> Result<bool> {
+    pub async fn heartbeat(
+        &self,
+        spec: &ExecutorSpec,
+        metrics: &ExecutorMetrics,
+        draining: bool,
+    ) -> Result<bool> {
         let request = pb::HeartbeatRequest {
             executor_id: spec.id.to_string(),
             metrics: Some(metrics.into()),
-            draining: false,
+            draining,
         };
-        let reply = self
-            .client
-            .clone()
+        let mut client = self.client().await?;
+        let reply = client
             .heartbeat(request)
             .await
-            .map_err(|s| error_from_status(&s))?;
+            .map_err(|s| self.failed(&s))?;
         Ok(reply.into_inner().reregister)
     }
 
@@ -61,32 +145,66 @@ impl SchedulerLink {
         let request = pb::UpdateTaskStatusRequest {
             statuses: statuses.iter().map(Into::into).collect(),
         };
-        self.client
-            .clone()
+        let mut client = self.client().await?;
+        client
             .update_task_status(request)
             .await
-            .map_err(|s| error_from_status(&s))?;
+            .map_err(|s| self.failed(&s))?;
         Ok(())
     }
 }
 
-/// Registers (retrying while the scheduler is unreachable), then heartbeats until shutdown.
-/// A refusal that retrying cannot fix (protocol mismatch) stops the executor.
-/// `forgotten` runs when the scheduler no longer knows this executor (it was declared lost):
-/// the tasks it was running are no longer expected, and are cancelled.
-pub async fn membership_loop(
+fn drain_now(draining: &watch::Receiver<bool>) -> bool {
+    *draining.borrow()
+}
+
+async fn leader_record(store: &dyn MetaStore, keys: &Keys) -> Result<Option<pb::LeaderRecord>> {
+    let Some(kv) = store.get(&keys.leader()).await? else {
+        return Ok(None);
+    };
+    let record = pb::LeaderRecord::decode(&kv.value[..])
+        .map_err(|e| EmberError::InvalidMessage(format!("leader record: {e}")))?;
+    Ok(Some(record))
+}
+
+/// What the membership loops need from the executor.
+pub struct Member<M, F> {
+    pub spec: ExecutorSpec,
+    pub metrics: M,
+    /// The scheduler no longer counts on this executor (it was declared lost): the tasks it
+    /// was running have been rescheduled elsewhere, and are cancelled here.
+    pub forgotten: F,
+    /// True once the executor drains (SIGTERM): it takes no new tasks.
+    pub draining: watch::Receiver<bool>,
+    pub shutdown: CancellationToken,
+}
+
+/// Registers with the scheduler over gRPC (retrying while it is unreachable), then heartbeats
+/// until shutdown. A refusal that retrying cannot fix (protocol mismatch) stops the executor.
+pub async fn membership_loop<M, F>(
     link: SchedulerLink,
-    spec: ExecutorSpec,
+    member: Member<M, F>,
     interval: Duration,
-    metrics: impl Fn() -> ExecutorMetrics,
-    forgotten: impl Fn(),
-    shutdown: CancellationToken,
-) -> Result<()> {
+) -> Result<()>
+where
+    M: Fn() -> ExecutorMetrics,
+    F: Fn(),
+{
+    let Member {
+        spec,
+        metrics,
+        forgotten,
+        mut draining,
+        shutdown,
+    } = member;
     let mut registered = false;
     let mut backoff = Duration::from_millis(100);
     loop {
         let result = if registered {
-            link.heartbeat(&spec, &metrics()).await.map(|again| !again)
+            let drain = *draining.borrow();
+            link.heartbeat(&spec, &metrics(), drain)
+                .await
+                .map(|again| !again)
         } else {
             link.register(&spec).await.map(|()| true)
         };
@@ -116,12 +234,152 @@ pub async fn membership_loop(
         backoff = (backoff * 2).min(Duration::from_secs(2));
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
+            _ = draining.changed() => {}
             _ = tokio::time::sleep(pause) => {}
         }
     }
 }
 
-/// Sends task statuses to the scheduler, batching what has queued up, retrying briefly.
+/// Keeps this executor's record in etcd under a lease until shutdown, and sends the leader
+/// heartbeats with its metrics. When the lease is found expired (the executor was frozen or cut
+/// off for longer than the TTL, and the leader has rescheduled its work) it registers afresh.
+/// On shutdown the lease is revoked, which tells the leader at once.
+pub async fn lease_loop<M, F>(
+    link: SchedulerLink,
+    store: Arc<dyn MetaStore>,
+    keys: Keys,
+    member: Member<M, F>,
+    ttl_secs: u64,
+    interval: Duration,
+) -> Result<()>
+where
+    M: Fn() -> ExecutorMetrics,
+    F: Fn(),
+{
+    let Member {
+        spec,
+        metrics,
+        forgotten,
+        mut draining,
+        shutdown,
+    } = member;
+    let ttl = Duration::from_secs(ttl_secs.max(1));
+    let mut registered_before = false;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let lease = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = register_lease(store.as_ref(), &keys, &spec, ttl_secs, drain_now(&draining)) => r,
+        };
+        let lease = match lease {
+            Ok(lease) => lease,
+            Err(e) if e.is_user_error() => {
+                error!(executor = %spec.id, error = %e, "this executor cannot join the cluster");
+                shutdown.cancel();
+                return Err(e);
+            }
+            Err(e) => {
+                warn!(executor = %spec.id, error = %e, "cannot register in etcd; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        if registered_before {
+            forgotten();
+        }
+        registered_before = true;
+        info!(executor = %spec.id, lease, "registered in etcd");
+        let mut last_renewed = Instant::now();
+        let mut next_beat = Instant::now();
+        loop {
+            let renew_in = (ttl / 3).saturating_sub(last_renewed.elapsed());
+            tokio::select! {
+                _ = shutdown.cancelled() => {
+                    let _ = store.revoke(lease).await;
+                    return Ok(());
+                }
+                _ = draining.changed() => {
+                    let drain = *draining.borrow();
+                    if let Err(e) = put_record(store.as_ref(), &keys, &spec, drain, lease).await {
+                        warn!(error = %e, "recording that this executor drains failed");
+                    }
+                    let _ = link.heartbeat(&spec, &metrics(), drain).await;
+                    continue;
+                }
+                _ = tokio::time::sleep(renew_in.min(next_beat.saturating_duration_since(Instant::now()))) => {}
+            }
+            if Instant::now() >= next_beat {
+                next_beat = Instant::now() + interval;
+                // Metrics only: liveness is the lease. An unreachable leader is re-resolved.
+                let drain = *draining.borrow();
+                let _ = link.heartbeat(&spec, &metrics(), drain).await;
+            }
+            if last_renewed.elapsed() < ttl / 3 {
+                continue;
+            }
+            match store.keep_alive(lease).await {
+                Ok(t) if t > 0 => last_renewed = Instant::now(),
+                Ok(_) => {
+                    warn!(executor = %spec.id, "the lease expired: this executor was declared lost; registering again");
+                    break;
+                }
+                Err(e) => {
+                    warn!(executor = %spec.id, error = %e, "renewing the lease failed; retrying");
+                    last_renewed += Duration::from_millis(500).min(ttl / 3);
+                }
+            }
+        }
+    }
+}
+
+/// Checks that the leader speaks this executor's protocol, then writes the executor's record
+/// under a fresh lease.
+async fn register_lease(
+    store: &dyn MetaStore,
+    keys: &Keys,
+    spec: &ExecutorSpec,
+    ttl_secs: u64,
+    draining: bool,
+) -> Result<LeaseId> {
+    if let Some(leader) = leader_record(store, keys).await?
+        && leader.protocol_version != ember_core::PROTOCOL_VERSION
+    {
+        return Err(EmberError::ProtocolMismatch {
+            executor_id: spec.id.to_string(),
+            got: ember_core::PROTOCOL_VERSION,
+            expected: leader.protocol_version,
+        });
+    }
+    let lease = store.grant_lease(ttl_secs.max(1) as i64).await?;
+    put_record(store, keys, spec, draining, lease).await?;
+    Ok(lease)
+}
+
+async fn put_record(
+    store: &dyn MetaStore,
+    keys: &Keys,
+    spec: &ExecutorSpec,
+    draining: bool,
+    lease: LeaseId,
+) -> Result<()> {
+    let record = pb::ExecutorRecord {
+        executor: Some(spec.into()),
+        protocol_version: ember_core::PROTOCOL_VERSION,
+        draining,
+    };
+    let value = Bytes::from(record.encode_to_vec());
+    store
+        .put(&keys.executor(spec.id.as_str()), value, Some(lease))
+        .await?;
+    Ok(())
+}
+
+/// Sends task statuses to the leader, batching what has queued up, until delivered.
 pub async fn report_loop(
     link: SchedulerLink,
     mut statuses: mpsc::UnboundedReceiver<TaskStatus>,
@@ -136,8 +394,9 @@ pub async fn report_loop(
         while let Ok(more) = statuses.try_recv() {
             batch.push(more);
         }
-        // Until it is delivered: a lost report would leave its task running forever in the
-        // scheduler's view. Duplicates are harmless (the scheduler ignores them).
+        // Until it is delivered (to whichever scheduler leads by then): a lost report would
+        // leave its task running forever in the scheduler's view. Duplicates and reports of
+        // attempts a new leader does not know are ignored there.
         let mut delay = Duration::from_millis(50);
         while let Err(e) = link.report(&batch).await {
             warn!(error = %e, tasks = batch.len(), "reporting task statuses failed; retrying");

@@ -7,18 +7,21 @@ use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
 use ember_core::job::ExecutorSpec;
+use ember_core::meta::{EtcdStore, Keys, MetaStore};
 use ember_core::metrics::ExecutorCounters;
 use ember_core::shuffle::{FlightFetcher, ShuffleConfig, ShuffleEnv, ShuffleStore};
 use ember_core::{EmberError, ExecutorId, Result};
 use ember_proto::pb::executor_service_server::ExecutorServiceServer;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ExecutorConfig;
 use crate::runner::TaskRunner;
-use crate::scheduler_link::{SchedulerLink, membership_loop, report_loop};
+use crate::scheduler_link::{
+    Leader, Member, SchedulerLink, lease_loop, membership_loop, report_loop,
+};
 use crate::service::{ExecutorGrpc, ShuffleFlight};
 
 /// A running executor.
@@ -30,6 +33,8 @@ pub struct ExecutorHandle {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     runner: Arc<TaskRunner>,
+    draining: watch::Sender<bool>,
+    drain_timeout: Duration,
     _work_dir: Option<tempfile::TempDir>,
 }
 
@@ -40,6 +45,37 @@ impl ExecutorHandle {
         self.runner.wait().await;
         self.tasks.close();
         self.tasks.wait().await;
+    }
+
+    /// Drains, then stops (SIGTERM): takes no new tasks (the scheduler is told, and launches
+    /// are refused), lets running tasks finish, and keeps serving the shuffle output it holds
+    /// until every job using it has finished (the scheduler frees it) or the drain timeout.
+    pub async fn drain(self) {
+        tracing::info!(executor = %self.executor_id, "draining");
+        self.runner.start_draining();
+        self.draining.send_replace(true);
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(
+                        running = self.runner.running(),
+                        jobs = self.store.jobs_held(),
+                        "drain timeout: stopping with work left"
+                    );
+                    break;
+                }
+                _ = tick.tick() => {
+                    if self.runner.running() == 0 && self.store.jobs_held() == 0 {
+                        tracing::info!(executor = %self.executor_id, "drained");
+                        break;
+                    }
+                }
+            }
+        }
+        self.shutdown().await;
     }
 
     /// Resolves when the executor stopped on its own (for example the scheduler refused it).
@@ -56,7 +92,18 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     let local_addr = listener.local_addr()?;
     let advertise =
         ember_core::net::advertised_address(config.advertise_addr.as_deref(), local_addr)?;
-    let link = SchedulerLink::new(&config.scheduler_url)?;
+    let keys = Keys::new(&config.cluster_name);
+    let meta: Option<Arc<dyn MetaStore>> = match &config.etcd {
+        Some(urls) => Some(Arc::new(EtcdStore::connect(urls).await?)),
+        None => None,
+    };
+    let link = SchedulerLink::new(match &meta {
+        Some(meta) => Leader::Etcd {
+            store: Arc::clone(meta),
+            keys: keys.clone(),
+        },
+        None => SchedulerLink::urls(&config.scheduler_url),
+    })?;
     let executor_id = config
         .executor_id
         .clone()
@@ -121,14 +168,23 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     let interval = Duration::from_millis(config.heartbeat_interval_ms.max(10));
     let metrics_counters = Arc::clone(&counters);
     let forgetful_runner = Arc::clone(&runner);
-    tasks.spawn(membership_loop(
-        link.clone(),
+    let (draining, draining_rx) = watch::channel(false);
+    let member = Member {
         spec,
-        interval,
-        move || metrics_counters.snapshot(),
-        move || forgetful_runner.cancel_all(),
-        shutdown.clone(),
-    ));
+        metrics: move || metrics_counters.snapshot(),
+        forgotten: move || forgetful_runner.cancel_all(),
+        draining: draining_rx,
+        shutdown: shutdown.clone(),
+    };
+    match meta {
+        Some(meta) => {
+            let ttl = config.lease_ttl_secs;
+            tasks.spawn(lease_loop(link.clone(), meta, keys, member, ttl, interval));
+        }
+        None => {
+            tasks.spawn(membership_loop(link.clone(), member, interval));
+        }
+    }
     tasks.spawn(report_loop(link, reports_rx, shutdown.clone()));
     if let Some(path) = &config.port_file {
         std::fs::write(path, local_addr.port().to_string())?;
@@ -142,6 +198,8 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         shutdown,
         tasks,
         runner,
+        draining,
+        drain_timeout: Duration::from_secs(config.drain_timeout_secs),
         _work_dir: temp,
     })
 }

@@ -43,6 +43,12 @@ impl ExecutorService for ExecutorGrpc {
         &self,
         request: Request<pb::LaunchTasksRequest>,
     ) -> Result<Response<pb::LaunchTasksResponse>, Status> {
+        if self.runner.is_draining() {
+            // The scheduler places these tasks elsewhere.
+            return Err(Status::unavailable(
+                "this executor is draining: it takes no new tasks",
+            ));
+        }
         let tasks = request
             .into_inner()
             .tasks

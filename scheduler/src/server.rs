@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use ember_core::meta::{EtcdStore, MemoryStore, MetaStore};
 use ember_core::{EmberError, Result};
@@ -24,15 +25,22 @@ pub struct SchedulerHandle {
 }
 
 impl SchedulerHandle {
-    /// Stops taking requests, then stops background work.
+    /// Resigns leadership (a standby takes over at once) and stops background work, then
+    /// stops taking requests, waiting a few seconds for those in flight.
     pub async fn shutdown(self) -> Result<()> {
-        self.shutdown.cancel();
-        let served = self
-            .server
-            .await
-            .map_err(|e| EmberError::Internal(format!("scheduler server task: {e}")))?;
         self.scheduler.shutdown().await;
-        served.map_err(|e| EmberError::Internal(format!("scheduler server: {e}")))
+        self.shutdown.cancel();
+        let mut server = self.server;
+        match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
+            Ok(joined) => joined
+                .map_err(|e| EmberError::Internal(format!("scheduler server task: {e}")))?
+                .map_err(|e| EmberError::Internal(format!("scheduler server: {e}"))),
+            Err(_) => {
+                tracing::warn!("connections still open after 5 s; closing them");
+                server.abort();
+                Ok(())
+            }
+        }
     }
 }
 

@@ -57,11 +57,24 @@ impl SchedulerGrpc {
     }
 }
 
+/// A failure to reach the leader is "unavailable" to the caller, who retries.
+fn leader_unreachable(status: Status) -> Status {
+    match status.code() {
+        tonic::Code::Unknown | tonic::Code::Cancelled => {
+            Status::unavailable(format!("the leader did not answer: {}", status.message()))
+        }
+        _ => status,
+    }
+}
+
 /// Forwards the request to the leader when this scheduler stands by.
 macro_rules! forward {
     ($self:ident, $request:ident, $method:ident) => {
         if let Some(mut leader) = $self.route()? {
-            return leader.$method($request.into_inner()).await;
+            return leader
+                .$method($request.into_inner())
+                .await
+                .map_err(leader_unreachable);
         }
     };
 }

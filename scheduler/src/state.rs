@@ -64,8 +64,11 @@ pub struct Stage {
     pub tasks: Vec<TaskState>,
     /// The resolved, encoded stage plan that tasks run (set when the stage starts running).
     pub launch_plan: Option<Bytes>,
-    /// Per task: attempts launched so far.
+    /// Per task: attempts that reached an executor (a launch that could not be delivered
+    /// does not count).
     pub launches: Vec<u32>,
+    /// Per task: the next attempt number.
+    pub attempts: Vec<u32>,
     /// Per task: failures counted against `max_task_attempts`.
     pub failures: Vec<u32>,
     /// Per task: the executor its last attempt failed on, avoided for the next one.
@@ -133,6 +136,7 @@ impl Job {
                     tasks: vec![TaskState::Pending; s.tasks],
                     launch_plan: None,
                     launches: vec![0; s.tasks],
+                    attempts: vec![0; s.tasks],
                     failures: vec![0; s.tasks],
                     avoid: vec![None; s.tasks],
                     plan_chunks: 0,
@@ -326,7 +330,8 @@ impl Job {
         if let Some(s) = self.stages.get_mut(&stage)
             && let Some(t) = s.tasks.get_mut(partition)
         {
-            attempt += s.launches[partition];
+            attempt += s.attempts[partition];
+            s.attempts[partition] += 1;
             s.launches[partition] += 1;
             *t = TaskState::Running {
                 executor: executor.clone(),
@@ -471,10 +476,12 @@ impl Job {
             && let Some(t) = s.tasks.get_mut(task.partition as usize)
             && matches!(t, TaskState::Running { attempt, .. } if *attempt == task.attempt)
         {
+            let p = task.partition as usize;
             if let TaskState::Running { executor, .. } = t {
-                s.avoid[task.partition as usize] = Some(executor.clone());
+                s.avoid[p] = Some(executor.clone());
             }
             *t = TaskState::Pending;
+            s.launches[p] = s.launches[p].saturating_sub(1);
         }
     }
 

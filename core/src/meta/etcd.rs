@@ -152,17 +152,24 @@ impl MetaStore for EtcdStore {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<i64> {
-        let (mut keeper, mut stream) = self
-            .client()
-            .lease_keep_alive(lease)
-            .await
-            .map_err(unavailable)?;
-        keeper.keep_alive().await.map_err(unavailable)?;
-        match stream.message().await.map_err(unavailable)? {
-            Some(resp) => Ok(resp.ttl()),
-            None => Err(EmberError::Unavailable(
+        // An expired lease is an answer (TTL 0), not a failure to reach etcd.
+        let expired = |e: &etcd_client::Error| match e {
+            etcd_client::Error::LeaseKeepAliveError(m) => m.contains("not found"),
+            etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::NotFound,
+            _ => false,
+        };
+        let reply = async {
+            let (mut keeper, mut stream) = self.client().lease_keep_alive(lease).await?;
+            keeper.keep_alive().await?;
+            stream.message().await
+        };
+        match reply.await {
+            Ok(Some(resp)) => Ok(resp.ttl()),
+            Ok(None) => Err(EmberError::Unavailable(
                 "etcd closed the keep-alive stream".into(),
             )),
+            Err(e) if expired(&e) => Ok(0),
+            Err(e) => Err(unavailable(e)),
         }
     }
 

@@ -97,6 +97,13 @@ impl ShuffleStore {
         }
     }
 
+    /// How many jobs have map outputs here (a draining executor waits for none).
+    pub fn jobs_held(&self) -> usize {
+        let outputs = self.outputs.lock();
+        let jobs: HashSet<&str> = outputs.keys().map(|(job, _, _)| job.as_str()).collect();
+        jobs.len()
+    }
+
     /// Frees everything held for a job.
     pub fn remove_job(&self, job_id: &str) {
         self.removed.lock().insert(job_id.to_string());

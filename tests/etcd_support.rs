@@ -1,0 +1,299 @@
+//! A real etcd process and a cluster of `ember` processes coordinated through it, for the
+//! failover tests. Every process is killed when its guard drops, also when a test fails.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ember_client::EmberClient;
+use ember_core::meta::{EtcdStore, Keys, MetaStore};
+use prost::Message;
+
+use crate::support::{ChildGuard, ember_bin, wait_for_port};
+
+/// Short leases so the tests see losses within seconds.
+pub const TTL_SECS: &str = "2";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One etcd member on loopback ports, with its data in a temporary directory: it can be
+/// killed and started again on the same ports and data.
+pub struct Etcd {
+    pub url: String,
+    peer_port: u16,
+    dir: tempfile::TempDir,
+    child: Option<ChildGuard>,
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it answers. Fails (never skips) when etcd cannot run:
+    /// `scripts/test.sh` installs it.
+    pub async fn start() -> Etcd {
+        let client_port = free_port();
+        let peer_port = free_port();
+        let mut etcd = Etcd {
+            url: format!("http://127.0.0.1:{client_port}"),
+            peer_port,
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        etcd.run().await;
+        etcd
+    }
+
+    async fn run(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let child = Command::new("etcd")
+            .args(["--name", "ember-test", "--data-dir"])
+            .arg(self.dir.path().join("data"))
+            .args(["--listen-client-urls", &self.url])
+            .args(["--advertise-client-urls", &self.url])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
+            .args(["--initial-cluster", &format!("ember-test={peer}")])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("cannot start `etcd`: install Debian's etcd-server (scripts/setup.sh --test)");
+        let mut guard = ChildGuard(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = guard.0.try_wait() {
+                panic!("etcd exited at start ({status}); its log:\n{}", self.log());
+            }
+            if let Ok(store) = EtcdStore::connect(&self.url).await
+                && store.get("/ready").await.is_ok()
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd did not answer within 30 s:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.child = Some(guard);
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        self.child = None;
+    }
+
+    pub async fn restart(&mut self) {
+        assert!(self.child.is_none(), "etcd is running");
+        self.run().await;
+    }
+
+    pub async fn store(&self) -> EtcdStore {
+        EtcdStore::connect(&self.url).await.unwrap()
+    }
+}
+
+/// One `ember` process of the cluster, with its port.
+pub struct Member {
+    pub port: u16,
+    pub id: String,
+    log: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl Member {
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").0.id()
+    }
+
+    pub fn kill(&mut self) {
+        self.child = None;
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal} failed");
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Whether the process is still running (it did not exit on its own).
+    pub fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.0.try_wait().unwrap().is_none())
+    }
+
+    /// Waits for the process to exit; returns whether it exited successfully.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let child = &mut self.child.as_mut().expect("running").0;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}; its log ends:\n{}",
+                self.id,
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// etcd, schedulers and executors as separate processes.
+pub struct EtcdCluster {
+    // Executors first: they are killed before the schedulers, then etcd.
+    pub executors: Vec<Member>,
+    pub schedulers: Vec<Member>,
+    pub etcd: Etcd,
+    dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    pub async fn start(schedulers: usize, executors: usize, slots: usize) -> EtcdCluster {
+        let etcd = Etcd::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let mut cluster = EtcdCluster {
+            executors: Vec::new(),
+            schedulers: Vec::new(),
+            etcd,
+            dir,
+        };
+        for i in 0..schedulers {
+            let m = cluster.spawn(
+                &format!("scheduler-{i}"),
+                &["scheduler", "--leader-ttl-secs", TTL_SECS],
+            );
+            cluster.schedulers.push(m);
+        }
+        for i in 0..executors {
+            let id = format!("exec-{i}");
+            let m = cluster.spawn(
+                &id,
+                &[
+                    "executor",
+                    "--executor-id",
+                    &id,
+                    "--slots",
+                    &slots.to_string(),
+                    "--lease-ttl-secs",
+                    TTL_SECS,
+                    "--heartbeat-interval-ms",
+                    "200",
+                    "--drain-timeout-secs",
+                    "20",
+                ],
+            );
+            cluster.executors.push(m);
+        }
+        cluster.wait_executors(executors).await;
+        cluster
+    }
+
+    fn spawn(&self, name: &str, args: &[&str]) -> Member {
+        let port_file = self.dir.path().join(format!("{name}.port"));
+        let log = std::fs::File::create(self.log_path(name)).unwrap();
+        let child = Command::new(ember_bin())
+            .args(args)
+            .args(["--etcd", &self.etcd.url, "--bind", "127.0.0.1:0"])
+            .arg("--port-file")
+            .arg(&port_file)
+            .args(if args[0] == "executor" {
+                vec![
+                    "--work-dir".to_string(),
+                    self.dir.path().display().to_string(),
+                ]
+            } else {
+                vec![]
+            })
+            .env("EMBER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting an ember process");
+        let mut guard = ChildGuard(child);
+        let port = wait_for_port(&port_file, &mut guard.0);
+        Member {
+            port,
+            id: name.to_string(),
+            log: self.log_path(name),
+            child: Some(guard),
+        }
+    }
+
+    pub fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// A client that knows every scheduler.
+    pub async fn client(&self) -> EmberClient {
+        let urls: Vec<String> = self
+            .schedulers
+            .iter()
+            .map(|s| format!("http://127.0.0.1:{}", s.port))
+            .collect();
+        EmberClient::connect(&urls.join(",")).await.unwrap()
+    }
+
+    /// Waits until the leader lists exactly `n` executors.
+    pub async fn wait_executors(&self, n: usize) -> Vec<String> {
+        let client = self.client().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ids: Vec<String> = client
+                .executors()
+                .await
+                .unwrap()
+                .0
+                .iter()
+                .map(|e| e.spec.id.to_string())
+                .collect();
+            if ids.len() == n {
+                return ids;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {n} executors, have {ids:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Index in `schedulers` of the one etcd names leader (waiting for an election).
+    pub async fn leader(&self) -> usize {
+        let store = self.etcd.store().await;
+        let key = Keys::new("default").leader();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(kv) = store.get(&key).await.unwrap() {
+                let record = ember_proto::pb::LeaderRecord::decode(&kv.value[..]).unwrap();
+                let port: u16 = record.address.rsplit(':').next().unwrap().parse().unwrap();
+                if let Some(i) = self.schedulers.iter().position(|s| s.port == port) {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

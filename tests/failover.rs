@@ -1,0 +1,315 @@
+//! Cluster mode on a real etcd: the metadata store's behaviour, and queries that keep their
+//! correct answer while executors, the leading scheduler or etcd itself fail under them.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ember_client::EmberClient;
+use ember_core::job::{JobState, JobStatus, StageStatus};
+use ember_core::meta::{EtcdStore, Keys, MetaStore};
+use ember_core::{JobId, Result};
+use prost::Message;
+
+use crate::etcd_support::{Etcd, EtcdCluster};
+use crate::support::{
+    assert_same_rows, datafusion_reference_at, register_tpch_at, tpch_dir, tpch_dir_large,
+};
+
+#[tokio::test]
+async fn the_etcd_store_conforms_like_the_memory_store() {
+    let etcd = Etcd::start().await;
+    let store = EtcdStore::connect(&etcd.url).await.unwrap();
+    ember_core::meta::conformance::run(&store, "/conformance")
+        .await
+        .unwrap();
+}
+
+/// Submits TPC-H query `q` and waits until at least one of its stages has completed while
+/// the job still runs; returns the job and that status.
+async fn submit_and_wait_for_a_stage(client: &EmberClient, q: usize) -> (JobId, JobStatus) {
+    let sql = ember::tpch::query(q).unwrap();
+    let job = client.submit(sql).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = client
+            .status(&job, Duration::from_millis(500))
+            .await
+            .unwrap();
+        assert!(
+            !status.state.is_terminal(),
+            "q{q} ended ({:?}, {:?}) before any failure could be injected",
+            status.state,
+            status.error
+        );
+        if status.stages_completed >= 1 {
+            return (job, status);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no stage of q{q} completed in 120 s"
+        );
+    }
+}
+
+async fn expected(dir: &std::path::Path, q: usize) -> Vec<datafusion::arrow::array::RecordBatch> {
+    let reference = datafusion_reference_at(dir).await;
+    let sql = ember::tpch::query(q).unwrap();
+    reference.sql(sql).await.unwrap().collect().await.unwrap()
+}
+
+async fn finish(client: &EmberClient, job: &JobId) -> Result<ember_client::QueryResult> {
+    let status = tokio::time::timeout(Duration::from_secs(180), client.wait(job, |_| {}))
+        .await
+        .expect("the job did not finish within 180 s")?;
+    client.collect(status).await
+}
+
+fn by_stage(stages: &[StageStatus]) -> BTreeMap<u32, StageStatus> {
+    stages.iter().map(|s| (s.stage_id, s.clone())).collect()
+}
+
+#[tokio::test]
+async fn killing_an_executor_mid_query_reruns_only_what_it_held() {
+    let dir = tpch_dir_large();
+    let q = 18;
+    let expected = expected(dir, q).await;
+    let mut cluster = EtcdCluster::start(1, 3, 1).await;
+    let client = cluster.client().await;
+    register_tpch_at(&client, dir).await;
+    let (job, before) = submit_and_wait_for_a_stage(&client, q).await;
+
+    // The victim: the executor holding the most completed map outputs.
+    let mut held: BTreeMap<String, usize> = BTreeMap::new();
+    for stage in &before.stages {
+        for e in stage.task_executors.iter().filter(|e| !e.is_empty()) {
+            *held.entry(e.clone()).or_default() += 1;
+        }
+    }
+    let victim = held.iter().max_by_key(|(_, n)| **n).unwrap().0.clone();
+    let index = cluster
+        .executors
+        .iter()
+        .position(|m| m.id == victim)
+        .unwrap();
+    cluster.executors[index].kill();
+
+    let result = finish(&client, &job)
+        .await
+        .expect("the query survives the kill");
+    assert_same_rows(&format!("q{q}"), &expected, &result.batches);
+
+    let after = by_stage(&result.status.stages);
+    eprintln!(
+        "killed {victim}; before: {:#?}\nafter: {:#?}",
+        before.stages, after
+    );
+    for old in before.stages.iter().filter(|s| s.state == "completed") {
+        let new = &after[&old.stage_id];
+        let lost = old.task_executors.iter().filter(|e| **e == victim).count() as u32;
+        assert!(
+            new.launches - old.launches <= lost,
+            "stage {}: {} task(s) were lost with {victim} but {} ran again",
+            old.stage_id,
+            lost,
+            new.launches - old.launches
+        );
+        for (p, e) in old.task_executors.iter().enumerate() {
+            if *e != victim {
+                assert_eq!(
+                    &new.task_executors[p], e,
+                    "stage {} task {p}: output on a surviving executor was recomputed",
+                    old.stage_id
+                );
+            }
+        }
+    }
+    for stage in after.values() {
+        assert!(
+            !stage.task_executors.contains(&victim),
+            "stage {} still points at the killed executor",
+            stage.stage_id
+        );
+    }
+    cluster.wait_executors(2).await;
+}
+
+#[tokio::test]
+async fn the_standby_finishes_the_job_when_the_leader_is_killed() {
+    let dir = tpch_dir_large();
+    let q = 9;
+    let expected = expected(dir, q).await;
+    let mut cluster = EtcdCluster::start(2, 2, 1).await;
+    let client = cluster.client().await;
+    register_tpch_at(&client, dir).await;
+    let first = cluster.leader().await;
+    let (job, _) = submit_and_wait_for_a_stage(&client, q).await;
+    cluster.schedulers[first].kill();
+
+    let result = finish(&client, &job)
+        .await
+        .expect("the job survives the leader");
+    assert_same_rows(&format!("q{q}"), &expected, &result.batches);
+    let now = cluster.leader().await;
+    assert_ne!(now, first, "the standby leads now");
+}
+
+#[tokio::test]
+async fn the_cluster_rides_out_an_etcd_outage() {
+    let dir = tpch_dir_large();
+    let q = 18;
+    let expected = expected(dir, q).await;
+    let mut cluster = EtcdCluster::start(2, 2, 1).await;
+    let client = cluster.client().await;
+    register_tpch_at(&client, dir).await;
+    let (job, _) = submit_and_wait_for_a_stage(&client, q).await;
+
+    cluster.etcd.kill();
+    // The outage itself is what is tested: etcd stays away this long.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    for m in cluster
+        .schedulers
+        .iter_mut()
+        .chain(cluster.executors.iter_mut())
+    {
+        assert!(m.alive(), "{} exited while etcd was down", m.id);
+    }
+    cluster.etcd.restart().await;
+
+    match finish(&client, &job).await {
+        Ok(result) => assert_same_rows(&format!("q{q}"), &expected, &result.batches),
+        Err(e) => {
+            let message = e.to_string();
+            assert!(!message.is_empty(), "a failure must say why");
+            eprintln!("the job failed through the outage, with: {message}");
+        }
+    }
+    for m in cluster
+        .schedulers
+        .iter_mut()
+        .chain(cluster.executors.iter_mut())
+    {
+        assert!(m.alive(), "{} exited after etcd came back", m.id);
+    }
+    // The cluster serves again.
+    cluster.wait_executors(2).await;
+    let again = client.sql("SELECT count(*) FROM nation").await.unwrap();
+    assert_eq!(again.num_rows(), 1);
+}
+
+#[tokio::test]
+async fn a_frozen_executor_is_declared_lost_its_work_redone_and_it_rejoins() {
+    let dir = tpch_dir_large();
+    let q = 18;
+    let expected = expected(dir, q).await;
+    let cluster = EtcdCluster::start(1, 3, 1).await;
+    let client = cluster.client().await;
+    register_tpch_at(&client, dir).await;
+    let (job, _) = submit_and_wait_for_a_stage(&client, q).await;
+
+    let frozen = &cluster.executors[0];
+    frozen.signal("STOP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (executors, _) = client.executors().await.unwrap();
+        if !executors.iter().any(|e| e.spec.id.as_str() == frozen.id) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} was not declared lost",
+            frozen.id
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    frozen.signal("CONT");
+
+    let result = finish(&client, &job)
+        .await
+        .expect("the query survives the freeze");
+    assert_same_rows(&format!("q{q}"), &expected, &result.batches);
+    let ids = cluster.wait_executors(3).await;
+    assert!(ids.contains(&frozen.id), "{} rejoined: {ids:?}", frozen.id);
+    // And it takes work again.
+    let again = client.sql(ember::tpch::query(1).unwrap()).await.unwrap();
+    assert!(again.num_rows() > 0);
+}
+
+#[tokio::test]
+async fn executors_of_another_protocol_version_are_refused() {
+    let cluster = EtcdCluster::start(1, 1, 1).await;
+    let store = cluster.etcd.store().await;
+    let keys = Keys::new("default");
+    let lease = store.grant_lease(30).await.unwrap();
+    let record = |id: &str, version: u32| ember_proto::pb::ExecutorRecord {
+        executor: Some(ember_proto::pb::ExecutorSpec {
+            executor_id: id.into(),
+            address: "127.0.0.1:1".into(),
+            slots: 1,
+        }),
+        protocol_version: version,
+        draining: false,
+    };
+    let put = |id: &'static str, version: u32| {
+        let store = store.clone();
+        let key = keys.executor(id);
+        let value = Bytes::from(record(id, version).encode_to_vec());
+        async move { store.put(&key, value, Some(lease)).await.unwrap() }
+    };
+    put("old", ember_core::PROTOCOL_VERSION + 1).await;
+    put("zz-current", ember_core::PROTOCOL_VERSION).await;
+    // Once the later, valid record is in, the earlier one has been seen and refused.
+    let ids = cluster.wait_executors(2).await;
+    assert!(
+        ids.contains(&"zz-current".to_string()) && !ids.contains(&"old".to_string()),
+        "{ids:?}"
+    );
+    store.revoke(lease).await.unwrap();
+    cluster.wait_executors(1).await;
+    let log = std::fs::read_to_string(cluster.log_path("scheduler-0")).unwrap();
+    assert!(
+        log.contains("another protocol version"),
+        "the refusal is logged"
+    );
+}
+
+#[tokio::test]
+async fn a_terminated_executor_drains_and_the_leader_hands_over_on_sigterm() {
+    let cluster_dir = tpch_dir();
+    let mut cluster = EtcdCluster::start(2, 2, 1).await;
+    let client = cluster.client().await;
+    register_tpch_at(&client, cluster_dir).await;
+    let q = 3;
+    let expected = expected(cluster_dir, q).await;
+    let sql = ember::tpch::query(q).unwrap();
+
+    // An executor told to stop drains: it leaves the cluster, exits cleanly, and no query
+    // loses anything.
+    let job = client.submit(sql).await.unwrap();
+    cluster.executors[1].signal("TERM");
+    let result = finish(&client, &job).await.unwrap();
+    assert_same_rows(&format!("q{q}"), &expected, &result.batches);
+    assert!(
+        cluster.executors[1].wait_exit(Duration::from_secs(30)),
+        "drained executor exits 0"
+    );
+    cluster.wait_executors(1).await;
+
+    // The leader told to stop resigns: the standby leads well before the lease would expire.
+    let first = cluster.leader().await;
+    let start = Instant::now();
+    cluster.schedulers[first].signal("TERM");
+    assert!(cluster.schedulers[first].wait_exit(Duration::from_secs(30)));
+    let now = cluster.leader().await;
+    assert_ne!(now, first);
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "handover took {:?}",
+        start.elapsed()
+    );
+    // Tables live in the leader's session until the shared catalog exists: declare them again.
+    register_tpch_at(&client, cluster_dir).await;
+    let again = client.sql(sql).await.unwrap();
+    assert_same_rows(&format!("q{q} after handover"), &expected, &again.batches);
+    assert_eq!(again.status.state, JobState::Succeeded);
+}
