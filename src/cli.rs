@@ -70,9 +70,17 @@ pub struct ClusterArgs {
     #[arg(long, conflicts_with = "scheduler")]
     pub local: bool,
 
-    /// Scheduler to run on, as http://HOST:PORT.
+    /// Scheduler to run on, as http://HOST:PORT; several, comma-separated, are tried in turn.
     #[arg(long, env = "EMBER_SCHEDULER_URL")]
     pub scheduler: Option<String>,
+
+    /// Find the leading scheduler through etcd (comma-separated http://HOST:PORT endpoints).
+    #[arg(long, env = "EMBER_ETCD", conflicts_with_all = ["scheduler", "local"])]
+    pub etcd: Option<String>,
+
+    /// Cluster name in etcd (with --etcd).
+    #[arg(long, env = "EMBER_CLUSTER_NAME", default_value = "default")]
+    pub cluster_name: String,
 
     /// Executors of the embedded cluster.
     #[arg(long, env = "EMBER_EXECUTORS", default_value_t = 2)]

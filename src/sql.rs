@@ -20,9 +20,13 @@ pub struct Session {
 
 impl Session {
     pub async fn open(args: &ClusterArgs) -> Result<Self> {
-        let (client, embedded) = match &args.scheduler {
-            Some(url) => (EmberClient::connect(url).await?, None),
-            None => {
+        let (client, embedded) = match (&args.scheduler, &args.etcd) {
+            (Some(url), _) => (EmberClient::connect(url).await?, None),
+            (None, Some(etcd)) => (
+                EmberClient::connect_etcd(etcd, &args.cluster_name).await?,
+                None,
+            ),
+            (None, None) => {
                 let cluster = EmbeddedCluster::start(args.executors, args.slots).await?;
                 (cluster.client().await?, Some(cluster))
             }
@@ -195,7 +199,8 @@ fn write_batches(
     Ok(())
 }
 
-/// `CREATE EXTERNAL TABLE` statements for each sub-folder or data file of `dir`.
+/// `CREATE EXTERNAL TABLE IF NOT EXISTS` statements for each sub-folder or data file of `dir` (a
+/// cluster shared by several sessions may have them already).
 pub fn table_ddl(dir: &Path) -> Result<Vec<String>> {
     let dir = std::fs::canonicalize(dir).with_context(|| format!("--tables {}", dir.display()))?;
     let mut entries: Vec<_> = std::fs::read_dir(&dir)
@@ -230,7 +235,7 @@ pub fn table_ddl(dir: &Path) -> Result<Vec<String>> {
             ""
         };
         ddl.push(format!(
-            "CREATE EXTERNAL TABLE \"{}\" STORED AS {format} LOCATION '{}'{options}",
+            "CREATE EXTERNAL TABLE IF NOT EXISTS \"{}\" STORED AS {format} LOCATION '{}'{options}",
             table.replace('"', "\"\""),
             location.replace('\'', "''"),
         ));

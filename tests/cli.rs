@@ -4,7 +4,7 @@ use std::process::Command;
 
 use crate::support::{ChildGuard, ProcessCluster, ember_bin, tpch_dir, wait_for_port};
 
-fn ember(args: &[&str]) -> (bool, String, String) {
+pub fn ember(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(ember_bin()).args(args).output().unwrap();
     (
         out.status.success(),

@@ -313,3 +313,32 @@ async fn a_terminated_executor_drains_and_the_leader_hands_over_on_sigterm() {
     assert_same_rows(&format!("q{q} after handover"), &expected, &again.batches);
     assert_eq!(again.status.state, JobState::Succeeded);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_finds_the_leader_through_etcd_and_any_listed_scheduler_works() {
+    let cluster = EtcdCluster::start(2, 1, 1).await;
+    let tables = tpch_dir().to_str().unwrap().to_string();
+    let standby = 1 - cluster.leader().await;
+    let run = |how: Vec<String>| {
+        let tables = tables.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut args: Vec<&str> = vec!["sql"];
+            args.extend(how.iter().map(String::as_str));
+            args.extend(["--tables", &tables, "--format", "csv", "-c"]);
+            args.push("select count(*) as n from nation");
+            crate::cli::ember(&args)
+        })
+    };
+    let etcd = vec!["--etcd".to_string(), cluster.etcd.url.clone()];
+    // Through a standby: it forwards to the leader.
+    let standby_url = format!("http://127.0.0.1:{}", cluster.schedulers[standby].port);
+    let listed = vec![
+        "--scheduler".to_string(),
+        format!("http://127.0.0.1:1,{standby_url}"),
+    ];
+    for how in [etcd, listed] {
+        let (ok, stdout, stderr) = run(how.clone()).await.unwrap();
+        assert!(ok, "{how:?}: {stderr}");
+        assert_eq!(stdout.lines().last(), Some("25"), "{how:?}: {stdout}");
+    }
+}

@@ -2,6 +2,10 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use ember_core::meta::{EtcdStore, Keys, MetaStore};
+use parking_lot::Mutex;
+use prost::Message;
 use std::time::Duration;
 
 use datafusion::arrow::datatypes::SchemaRef;
@@ -31,9 +35,28 @@ const FAILOVER: Duration = Duration::from_secs(90);
 /// and retry for a while, so a client waiting on a job keeps waiting through a failover.
 #[derive(Debug, Clone)]
 pub struct EmberClient {
-    schedulers: Arc<Vec<(String, SchedulerServiceClient<Channel>)>>,
+    schedulers: Arc<Mutex<Vec<(String, SchedulerServiceClient<Channel>)>>>,
     current: Arc<AtomicUsize>,
+    /// With etcd, the leader is looked up there again whenever it stops answering.
+    etcd: Option<(Arc<dyn MetaStore>, Keys)>,
     fetcher: Arc<FlightFetcher>,
+}
+
+fn scheduler_client(url: &str) -> Result<SchedulerServiceClient<Channel>> {
+    let channel = ember_core::net::endpoint(url)?.connect_lazy();
+    Ok(SchedulerServiceClient::new(channel)
+        .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
+        .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES))
+}
+
+/// The URL of the leading scheduler, as its record in etcd gives it.
+async fn leader_url(store: &dyn MetaStore, keys: &Keys) -> Result<Option<String>> {
+    let Some(kv) = store.get(&keys.leader()).await? else {
+        return Ok(None);
+    };
+    let record = pb::LeaderRecord::decode(&kv.value[..])
+        .map_err(|e| EmberError::InvalidMessage(format!("leader record: {e}")))?;
+    Ok(Some(format!("http://{}", record.address)))
 }
 
 /// A finished query: its schema, its rows, and the job's final status.
@@ -64,19 +87,16 @@ impl EmberClient {
         }
         let mut schedulers = Vec::new();
         for url in &urls {
-            let channel = ember_core::net::endpoint(url)?.connect_lazy();
-            let client = SchedulerServiceClient::new(channel)
-                .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
-                .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
-            schedulers.push((url.to_string(), client));
+            schedulers.push((url.to_string(), scheduler_client(url)?));
         }
         let mut errors = Vec::new();
         for (i, url) in urls.iter().enumerate() {
             match ember_core::net::endpoint(url)?.connect().await {
                 Ok(_) => {
                     return Ok(Self {
-                        schedulers: Arc::new(schedulers),
+                        schedulers: Arc::new(Mutex::new(schedulers)),
                         current: Arc::new(AtomicUsize::new(i)),
+                        etcd: None,
                         fetcher: Arc::new(FlightFetcher::new()),
                     });
                 }
@@ -87,6 +107,56 @@ impl EmberClient {
             "cannot reach the scheduler at {}",
             errors.join("; ")
         )))
+    }
+
+    /// Connects to the cluster named `cluster` through etcd (`urls`: comma-separated
+    /// `http://host:port`): the leading scheduler is found there, and again after a failover.
+    pub async fn connect_etcd(urls: &str, cluster: &str) -> Result<Self> {
+        let store: Arc<dyn MetaStore> = Arc::new(EtcdStore::connect(urls).await?);
+        let keys = Keys::new(cluster);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let url = loop {
+            match leader_url(store.as_ref(), &keys).await {
+                Ok(Some(url)) => break url,
+                Ok(None) | Err(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(None) => {
+                    return Err(EmberError::Unavailable(format!(
+                        "no scheduler leads cluster {cluster:?} in etcd at {urls}"
+                    )));
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(Self {
+            schedulers: Arc::new(Mutex::new(vec![(url.clone(), scheduler_client(&url)?)])),
+            current: Arc::new(AtomicUsize::new(0)),
+            etcd: Some((store, keys)),
+            fetcher: Arc::new(FlightFetcher::new()),
+        })
+    }
+
+    /// After a scheduler did not answer: the next address, or the leader etcd names now.
+    async fn next_scheduler(&self, failed: usize) {
+        if let Some((store, keys)) = &self.etcd {
+            if let Ok(Some(url)) = leader_url(store.as_ref(), keys).await
+                && let Ok(client) = scheduler_client(&url)
+            {
+                let mut schedulers = self.schedulers.lock();
+                if schedulers[0].0 != url {
+                    *schedulers = vec![(url, client)];
+                }
+            }
+            return;
+        }
+        let n = self.schedulers.lock().len();
+        let _ = self.current.compare_exchange(
+            failed,
+            (failed + 1) % n,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     /// Runs one call on the current scheduler; while none can answer (unreachable, or no
@@ -100,9 +170,12 @@ impl EmberClient {
         let deadline = tokio::time::Instant::now() + FAILOVER;
         let mut delay = Duration::from_millis(100);
         loop {
-            let i = self.current.load(Ordering::Relaxed) % self.schedulers.len();
-            let (url, client) = &self.schedulers[i];
-            match f(client.clone()).await {
+            let (i, url, client) = {
+                let schedulers = self.schedulers.lock();
+                let i = self.current.load(Ordering::Relaxed) % schedulers.len();
+                (i, schedulers[i].0.clone(), schedulers[i].1.clone())
+            };
+            match f(client).await {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) if retryable(&status, idempotent) => {
                     if tokio::time::Instant::now() + delay > deadline {
@@ -113,13 +186,8 @@ impl EmberClient {
                         )));
                     }
                     tracing::debug!(%url, error = %status.message(), "scheduler unavailable; trying again");
-                    let _ = self.current.compare_exchange(
-                        i,
-                        (i + 1) % self.schedulers.len(),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
                     tokio::time::sleep(delay).await;
+                    self.next_scheduler(i).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
                 }
                 Err(status) => return Err(error_from_status(&status)),

@@ -127,6 +127,13 @@ impl Cluster {
             .any(|e| !e.suspended && !e.draining && e.running < e.spec.slots)
     }
 
+    /// Forgets what runs where (a new leadership term: the jobs are restored from records).
+    pub fn reset_slots(&mut self) {
+        for e in self.executors.values_mut() {
+            e.running = 0;
+        }
+    }
+
     /// Frees a slot taken by a task that finished (or never started).
     pub fn release_slot(&mut self, id: &ExecutorId) {
         if let Some(e) = self.executors.get_mut(id) {

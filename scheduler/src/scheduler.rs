@@ -959,6 +959,7 @@ impl Scheduler {
             let mut inner = self.inner.lock();
             inner.jobs.retain(|_, e| matches!(e, JobEntry::Inline(_)));
             inner.active.clear();
+            inner.cluster.reset_slots();
             let mut ids = Vec::new();
             for mut job in jobs {
                 // Attempts of this term differ from any an earlier leader launched.

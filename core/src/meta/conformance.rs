@@ -135,6 +135,12 @@ async fn chunked(store: &dyn MetaStore, p: &str) -> Result<()> {
     check(back.as_deref() == Some(&big[..]), "chunks read back whole")?;
     let missing = get_chunked(store, &format!("{p}/big"), 4).await?;
     check(missing.is_none(), "a missing chunk reads as none")?;
+    let huge = Bytes::from(vec![0u8; super::MAX_REQUEST_BYTES + 1024]);
+    let too_big = store.put(&format!("{p}/huge"), huge, None).await;
+    check(
+        too_big.is_err(),
+        "a value over the request limit is refused",
+    )?;
     let refused = put_chunked(
         store,
         &format!("{p}/fenced"),

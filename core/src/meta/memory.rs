@@ -93,6 +93,12 @@ impl MemoryStore {
         value: Bytes,
         lease: Option<LeaseId>,
     ) -> Result<()> {
+        if key.len() + value.len() > super::MAX_REQUEST_BYTES {
+            return Err(EmberError::Internal(format!(
+                "a value of {} bytes at {key} exceeds the metadata store's request limit",
+                value.len()
+            )));
+        }
         let lease = lease.unwrap_or(0);
         if lease != 0 {
             let Some(l) = st.leases.get_mut(&lease) else {
@@ -235,6 +241,18 @@ impl MetaStore for MemoryStore {
                 succeeded: false,
                 revision: st.revision,
             });
+        }
+        let size: usize = then
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, value, .. } => key.len() + value.len(),
+                Op::Delete(key) | Op::DeletePrefix(key) => key.len(),
+            })
+            .sum();
+        if size > super::MAX_REQUEST_BYTES {
+            return Err(EmberError::Internal(format!(
+                "a transaction of {size} bytes exceeds the metadata store's request limit"
+            )));
         }
         for op in &then {
             if let Op::Put {

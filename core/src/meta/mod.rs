@@ -28,6 +28,10 @@ pub type LeaseId = i64;
 /// ([`put_chunked`]). etcd 3.4 refuses requests above about 1.5 MiB.
 pub const MAX_VALUE_BYTES: usize = 512 * 1024;
 
+/// Largest request etcd 3.4 accepts by default (`--max-request-bytes`); the memory store
+/// refuses larger writes too, so embedded mode finds an oversized value as etcd would.
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyValue {
     pub key: String,
