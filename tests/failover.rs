@@ -106,13 +106,12 @@ async fn killing_an_executor_mid_query_reruns_only_what_it_held() {
     );
     for old in before.stages.iter().filter(|s| s.state == "completed") {
         let new = &after[&old.stage_id];
-        let lost = old.task_executors.iter().filter(|e| **e == victim).count() as u32;
+        let lost = old.task_executors.iter().filter(|e| **e == victim).count() as i64;
+        let reran = new.launches as i64 - old.launches as i64;
         assert!(
-            new.launches - old.launches <= lost,
-            "stage {}: {} task(s) were lost with {victim} but {} ran again",
+            reran <= lost,
+            "stage {}: {lost} task(s) were lost with {victim} but {reran} ran again",
             old.stage_id,
-            lost,
-            new.launches - old.launches
         );
         for (p, e) in old.task_executors.iter().enumerate() {
             if *e != victim {
@@ -341,4 +340,72 @@ async fn the_cli_finds_the_leader_through_etcd_and_any_listed_scheduler_works() 
         assert!(ok, "{how:?}: {stderr}");
         assert_eq!(stdout.lines().last(), Some("25"), "{how:?}: {stdout}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_job_stops_its_tasks_and_deletes_its_shuffle_data() {
+    let dir = tpch_dir_large();
+    let cluster = ember_client::EmbeddedCluster::start(2, 1).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    register_tpch_at(&client, dir).await;
+    let (job, _) = submit_and_wait_for_a_stage(&client, 18).await;
+    let held: usize = cluster
+        .executors()
+        .iter()
+        .map(|e| e.store.jobs_held())
+        .sum();
+    assert!(held > 0, "a completed stage left shuffle data");
+    assert!(client.cancel(&job).await.unwrap());
+    let status = client.status(&job, Duration::ZERO).await.unwrap();
+    assert_eq!(status.state, JobState::Cancelled);
+    let err = client.wait(&job, |_| {}).await.unwrap_err();
+    assert!(matches!(err, ember_core::EmberError::Cancelled), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (executors, _) = client.executors().await.unwrap();
+        let running: u32 = executors.iter().map(|e| e.running_tasks).sum();
+        let held: usize = cluster
+            .executors()
+            .iter()
+            .map(|e| e.store.jobs_held())
+            .sum();
+        if running == 0 && held == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{running} tasks still run, {held} jobs' data kept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The cluster runs the next job normally.
+    let again = client.sql("select count(*) from region").await.unwrap();
+    assert_eq!(again.num_rows(), 1);
+}
+
+#[tokio::test]
+async fn an_executor_exits_when_the_leader_speaks_another_protocol_version() {
+    let etcd = Etcd::start().await;
+    let store = etcd.store().await;
+    let leader = ember_proto::pb::LeaderRecord {
+        scheduler_id: "future".into(),
+        address: "127.0.0.1:1".into(),
+        protocol_version: ember_core::PROTOCOL_VERSION + 1,
+    };
+    let key = Keys::new("default").leader();
+    store
+        .put(&key, Bytes::from(leader.encode_to_vec()), None)
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::support::ember_bin())
+            .args(["executor", "--etcd", &etcd.url, "--bind", "127.0.0.1:0"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("protocol version"), "{stderr}");
 }
