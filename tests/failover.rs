@@ -190,8 +190,10 @@ async fn the_cluster_rides_out_an_etcd_outage() {
     {
         assert!(m.alive(), "{} exited after etcd came back", m.id);
     }
-    // The cluster serves again.
+    // The cluster serves again (on whichever scheduler leads now: tables are declared in the
+    // leader's session until the shared catalog exists, so declare them again).
     cluster.wait_executors(2).await;
+    register_tpch_at(&client, dir).await;
     let again = client.sql("SELECT count(*) FROM nation").await.unwrap();
     assert_eq!(again.num_rows(), 1);
 }
