@@ -65,19 +65,46 @@ async fn finish(client: &EmberClient, job: &JobId) -> Result<ember_client::Query
     client.collect(status).await
 }
 
+/// A cluster of `schedulers` and `executors` (one slot each) on etcd, running TPC-H `q` at
+/// SF 0.5 with at least one stage completed, and the result the query must give.
+struct Running {
+    expected: Vec<datafusion::arrow::array::RecordBatch>,
+    cluster: EtcdCluster,
+    client: EmberClient,
+    job: JobId,
+    status: JobStatus,
+}
+
+async fn running(q: usize, schedulers: usize, executors: usize) -> Running {
+    let dir = tpch_dir_large();
+    let expected = expected(dir, q).await;
+    let cluster = EtcdCluster::start(schedulers, executors, 1).await;
+    let client = cluster.client().await;
+    register_tpch_at(&client, dir).await;
+    let (job, status) = submit_and_wait_for_a_stage(&client, q).await;
+    Running {
+        expected,
+        cluster,
+        client,
+        job,
+        status,
+    }
+}
+
 fn by_stage(stages: &[StageStatus]) -> BTreeMap<u32, StageStatus> {
     stages.iter().map(|s| (s.stage_id, s.clone())).collect()
 }
 
 #[tokio::test]
 async fn killing_an_executor_mid_query_reruns_only_what_it_held() {
-    let dir = tpch_dir_large();
     let q = 18;
-    let expected = expected(dir, q).await;
-    let mut cluster = EtcdCluster::start(1, 3, 1).await;
-    let client = cluster.client().await;
-    register_tpch_at(&client, dir).await;
-    let (job, before) = submit_and_wait_for_a_stage(&client, q).await;
+    let Running {
+        expected,
+        mut cluster,
+        client,
+        job,
+        status: before,
+    } = running(q, 1, 3).await;
 
     // The victim: the executor holding the most completed map outputs.
     let mut held: BTreeMap<String, usize> = BTreeMap::new();
@@ -135,14 +162,15 @@ async fn killing_an_executor_mid_query_reruns_only_what_it_held() {
 
 #[tokio::test]
 async fn the_standby_finishes_the_job_when_the_leader_is_killed() {
-    let dir = tpch_dir_large();
     let q = 9;
-    let expected = expected(dir, q).await;
-    let mut cluster = EtcdCluster::start(2, 2, 1).await;
-    let client = cluster.client().await;
-    register_tpch_at(&client, dir).await;
+    let Running {
+        expected,
+        mut cluster,
+        client,
+        job,
+        ..
+    } = running(q, 2, 2).await;
     let first = cluster.leader().await;
-    let (job, _) = submit_and_wait_for_a_stage(&client, q).await;
     cluster.schedulers[first].kill();
 
     let result = finish(&client, &job)
@@ -155,14 +183,14 @@ async fn the_standby_finishes_the_job_when_the_leader_is_killed() {
 
 #[tokio::test]
 async fn the_cluster_rides_out_an_etcd_outage() {
-    let dir = tpch_dir_large();
     let q = 18;
-    let expected = expected(dir, q).await;
-    let mut cluster = EtcdCluster::start(2, 2, 1).await;
-    let client = cluster.client().await;
-    register_tpch_at(&client, dir).await;
-    let (job, _) = submit_and_wait_for_a_stage(&client, q).await;
-
+    let Running {
+        expected,
+        mut cluster,
+        client,
+        job,
+        ..
+    } = running(q, 2, 2).await;
     cluster.etcd.kill();
     // The outage itself is what is tested: etcd stays away this long.
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -193,21 +221,21 @@ async fn the_cluster_rides_out_an_etcd_outage() {
     // The cluster serves again (on whichever scheduler leads now: tables are declared in the
     // leader's session until the shared catalog exists, so declare them again).
     cluster.wait_executors(2).await;
-    register_tpch_at(&client, dir).await;
+    register_tpch_at(&client, tpch_dir_large()).await;
     let again = client.sql("SELECT count(*) FROM nation").await.unwrap();
     assert_eq!(again.num_rows(), 1);
 }
 
 #[tokio::test]
 async fn a_frozen_executor_is_declared_lost_its_work_redone_and_it_rejoins() {
-    let dir = tpch_dir_large();
     let q = 18;
-    let expected = expected(dir, q).await;
-    let cluster = EtcdCluster::start(1, 3, 1).await;
-    let client = cluster.client().await;
-    register_tpch_at(&client, dir).await;
-    let (job, _) = submit_and_wait_for_a_stage(&client, q).await;
-
+    let Running {
+        expected,
+        cluster,
+        client,
+        job,
+        ..
+    } = running(q, 1, 3).await;
     let frozen = &cluster.executors[0];
     frozen.signal("STOP");
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -830,6 +830,19 @@ mod tests {
         events
     }
 
+    /// Runs task `p` of `stage` on `executors[p]`, each to success; returns the last event.
+    fn run_on(job: &mut Job, stage: StageId, executors: &[&str], now: u64) -> Option<JobEvent> {
+        for (p, e) in executors.iter().enumerate() {
+            job.task_launched(stage, p, &(*e).into());
+        }
+        let mut last = None;
+        for (p, e) in executors.iter().enumerate() {
+            let status = ok(job, stage, p as u32, e, &[1, 1]);
+            last = job.task_finished(&status, &format!("addr-{e}"), now);
+        }
+        last
+    }
+
     #[test]
     fn stages_run_in_dependency_order_and_the_job_succeeds() {
         let mut j = job(&[(1, 2, &[]), (2, 2, &[]), (3, 1, &[1, 2])]);
@@ -965,22 +978,10 @@ mod tests {
         // 1 → 2 → 3 (final); stage 1 runs on e1 and e2, stage 2 completes, stage 3 is running.
         let mut j = job(&[(1, 2, &[]), (2, 2, &[1]), (3, 1, &[2])]);
         start(&mut j);
-        j.task_launched(1, 0, &"e1".into());
-        j.task_launched(1, 1, &"e2".into());
-        let a = ok(&j, 1, 0, "e1", &[1, 1]);
-        let b = ok(&j, 1, 1, "e2", &[1, 1]);
-        j.task_finished(&a, "a1", 1);
-        assert_eq!(
-            j.task_finished(&b, "a2", 1),
-            Some(JobEvent::StageCompleted(1))
-        );
+        let event = run_on(&mut j, 1, &["e1", "e2"], 1);
+        assert_eq!(event, Some(JobEvent::StageCompleted(1)));
         start(&mut j);
-        j.task_launched(2, 0, &"e1".into());
-        j.task_launched(2, 1, &"e2".into());
-        let a = ok(&j, 2, 0, "e1", &[1, 1]);
-        let b = ok(&j, 2, 1, "e2", &[1, 1]);
-        j.task_finished(&a, "a1", 2);
-        j.task_finished(&b, "a2", 2);
+        run_on(&mut j, 2, &["e1", "e2"], 2);
         assert_eq!(start(&mut j), vec![3]);
         j.task_launched(3, 0, &"e2".into());
 
@@ -1031,12 +1032,7 @@ mod tests {
     fn a_fetch_failure_recomputes_the_producer_and_retries_the_reader() {
         let mut j = job(&[(1, 2, &[]), (2, 1, &[1])]);
         start(&mut j);
-        j.task_launched(1, 0, &"e1".into());
-        j.task_launched(1, 1, &"e2".into());
-        let a = ok(&j, 1, 0, "e1", &[1, 1]);
-        let b = ok(&j, 1, 1, "e2", &[1, 1]);
-        j.task_finished(&a, "a1", 1);
-        j.task_finished(&b, "a2", 1);
+        run_on(&mut j, 1, &["e1", "e2"], 1);
         start(&mut j);
         j.task_launched(2, 0, &"e2".into());
         let outcome = TaskOutcome::FetchFailed {
