@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::support::{ChildGuard, ProcessCluster, ember_bin, tpch_dir, wait_for_port};
+use crate::support::{ProcessCluster, ember_bin, spawn_guarded, tpch_dir, wait_for_port};
 
 pub fn ember(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(ember_bin()).args(args).output().unwrap();
@@ -126,19 +126,18 @@ async fn sql_against_a_remote_scheduler() {
 fn standalone_serves_a_cluster_in_one_process() {
     let dir = tempfile::tempdir().unwrap();
     let port_file = dir.path().join("port");
-    let child = Command::new(ember_bin())
-        .args([
-            "standalone",
-            "--bind",
-            "127.0.0.1:0",
-            "--executors",
-            "2",
-            "--port-file",
-        ])
-        .arg(&port_file)
-        .spawn()
-        .unwrap();
-    let mut guard = ChildGuard(child);
+    let mut guard = spawn_guarded(
+        Command::new(ember_bin())
+            .args([
+                "standalone",
+                "--bind",
+                "127.0.0.1:0",
+                "--executors",
+                "2",
+                "--port-file",
+            ])
+            .arg(&port_file),
+    );
     let port = wait_for_port(&port_file, &mut guard.0);
     let url = format!("http://127.0.0.1:{port}");
     let tables = tpch_dir().to_str().unwrap();

@@ -10,7 +10,7 @@ use ember_client::EmberClient;
 use ember_core::meta::{EtcdStore, Keys, MetaStore};
 use prost::Message;
 
-use crate::support::{ChildGuard, ember_bin, wait_for_port};
+use crate::support::{ChildGuard, ember_bin, spawn_guarded, wait_for_port};
 
 /// Short leases so the tests see losses within seconds.
 pub const TTL_SECS: &str = "2";
@@ -51,19 +51,18 @@ impl Etcd {
     async fn run(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
         let peer = format!("http://127.0.0.1:{}", self.peer_port);
-        let child = Command::new("etcd")
-            .args(["--name", "ember-test", "--data-dir"])
-            .arg(self.dir.path().join("data"))
-            .args(["--listen-client-urls", &self.url])
-            .args(["--advertise-client-urls", &self.url])
-            .args(["--listen-peer-urls", &peer])
-            .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("ember-test={peer}")])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("cannot start `etcd`: install Debian's etcd-server (scripts/setup.sh --test)");
-        let mut guard = ChildGuard(child);
+        let mut guard = spawn_guarded(
+            Command::new("etcd")
+                .args(["--name", "ember-test", "--data-dir"])
+                .arg(self.dir.path().join("data"))
+                .args(["--listen-client-urls", &self.url])
+                .args(["--advertise-client-urls", &self.url])
+                .args(["--listen-peer-urls", &peer])
+                .args(["--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &format!("ember-test={peer}")])
+                .stdout(Stdio::null())
+                .stderr(log),
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = guard.0.try_wait() {
@@ -213,25 +212,24 @@ impl EtcdCluster {
     fn spawn(&self, name: &str, args: &[&str]) -> Member {
         let port_file = self.dir.path().join(format!("{name}.port"));
         let log = std::fs::File::create(self.log_path(name)).unwrap();
-        let child = Command::new(ember_bin())
-            .args(args)
-            .args(["--etcd", &self.etcd.url, "--bind", "127.0.0.1:0"])
-            .arg("--port-file")
-            .arg(&port_file)
-            .args(if args[0] == "executor" {
-                vec![
-                    "--work-dir".to_string(),
-                    self.dir.path().display().to_string(),
-                ]
-            } else {
-                vec![]
-            })
-            .env("EMBER_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting an ember process");
-        let mut guard = ChildGuard(child);
+        let mut guard = spawn_guarded(
+            Command::new(ember_bin())
+                .args(args)
+                .args(["--etcd", &self.etcd.url, "--bind", "127.0.0.1:0"])
+                .arg("--port-file")
+                .arg(&port_file)
+                .args(if args[0] == "executor" {
+                    vec![
+                        "--work-dir".to_string(),
+                        self.dir.path().display().to_string(),
+                    ]
+                } else {
+                    vec![]
+                })
+                .env("EMBER_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log),
+        );
         let port = wait_for_port(&port_file, &mut guard.0);
         Member {
             port,

@@ -137,6 +137,28 @@ impl Drop for ChildGuard {
     }
 }
 
+/// Starts `command` guarded: killed when the guard drops, and — on Linux — also when the test
+/// process itself dies (killed by a timeout, say), so no test leaves a process behind.
+pub fn spawn_guarded(command: &mut Command) -> ChildGuard {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+    let program = command.get_program().to_string_lossy().into_owned();
+    ChildGuard(
+        command
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}")),
+    )
+}
+
 /// Polls `path` until it holds a port number.
 pub fn wait_for_port(path: &Path, child: &mut Child) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -171,40 +193,38 @@ impl ProcessCluster {
     pub async fn start(executors: usize, slots: usize) -> ProcessCluster {
         let dir = tempfile::tempdir().unwrap();
         let port_file = dir.path().join("scheduler.port");
-        let child = Command::new(ember_bin())
-            .args(["scheduler", "--bind", "127.0.0.1:0", "--port-file"])
-            .arg(&port_file)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("starting the scheduler");
-        let mut scheduler = ChildGuard(child);
+        let mut scheduler = spawn_guarded(
+            Command::new(ember_bin())
+                .args(["scheduler", "--bind", "127.0.0.1:0", "--port-file"])
+                .arg(&port_file)
+                .stdout(Stdio::null()),
+        );
         let port = wait_for_port(&port_file, &mut scheduler.0);
         let scheduler_url = format!("http://127.0.0.1:{port}");
         let mut guards = Vec::new();
         for i in 0..executors {
             let port_file = dir.path().join(format!("executor-{i}.port"));
-            let child = Command::new(ember_bin())
-                .args([
-                    "executor",
-                    "--scheduler",
-                    &scheduler_url,
-                    "--bind",
-                    "127.0.0.1:0",
-                ])
-                .args([
-                    "--slots",
-                    &slots.to_string(),
-                    "--heartbeat-interval-ms",
-                    "200",
-                ])
-                .arg("--work-dir")
-                .arg(dir.path())
-                .arg("--port-file")
-                .arg(&port_file)
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("starting an executor");
-            let mut guard = ChildGuard(child);
+            let mut guard = spawn_guarded(
+                Command::new(ember_bin())
+                    .args([
+                        "executor",
+                        "--scheduler",
+                        &scheduler_url,
+                        "--bind",
+                        "127.0.0.1:0",
+                    ])
+                    .args([
+                        "--slots",
+                        &slots.to_string(),
+                        "--heartbeat-interval-ms",
+                        "200",
+                    ])
+                    .arg("--work-dir")
+                    .arg(dir.path())
+                    .arg("--port-file")
+                    .arg(&port_file)
+                    .stdout(Stdio::null()),
+            );
             wait_for_port(&port_file, &mut guard.0);
             guards.push(guard);
         }
