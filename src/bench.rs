@@ -6,8 +6,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use std::process::{Child, Command, Stdio};
+
 use datafusion::prelude::{SessionConfig, SessionContext};
-use ember_client::EmbeddedCluster;
+use ember_client::{EmbeddedCluster, EmberClient};
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::{BenchArgs, BenchMode, BenchSuite};
 use crate::{sql, tpch};
@@ -31,9 +34,6 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         iterations,
         output,
     } = args.suite;
-    if mode == BenchMode::Processes {
-        bail!("--mode processes is not available yet; use --mode local");
-    }
     let queries = if queries.is_empty() {
         (1..=22).collect()
     } else {
@@ -53,12 +53,22 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     for statement in &ddl {
         df.sql(statement).await?.collect().await?;
     }
-    let cluster = EmbeddedCluster::start(executors, 0).await?;
+    if executors == 0 {
+        bail!("--executors must be at least 1");
+    }
+    let cluster = match mode {
+        BenchMode::Local => Cluster::Embedded(EmbeddedCluster::start(executors, 0).await?),
+        BenchMode::Processes => Cluster::Processes(Processes::start(executors, cores).await?),
+    };
     let client = cluster.client().await?;
     for statement in &ddl {
         client.sql(statement).await?;
     }
 
+    let progress = ProgressBar::new((queries.len() * iterations * 2) as u64).with_style(
+        ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
+            .expect("a valid template"),
+    );
     let mut results = Vec::new();
     for &q in &queries {
         let text = tpch::query(q).expect("checked above");
@@ -66,6 +76,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let mut ember_times = Vec::new();
         let mut last = None;
         for _ in 0..iterations {
+            progress.set_message(format!("q{q} DataFusion"));
             let start = Instant::now();
             df.sql(text)
                 .await?
@@ -73,12 +84,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("DataFusion q{q}"))?;
             df_times.push(start.elapsed());
+            progress.inc(1);
+            progress.set_message(format!("q{q} Ember"));
             let start = Instant::now();
             let result = client
                 .sql(text)
                 .await
                 .with_context(|| format!("Ember q{q}"))?;
             ember_times.push(start.elapsed());
+            progress.inc(1);
             last = Some(result);
         }
         let last = last.expect("at least one iteration");
@@ -90,20 +104,27 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             shuffle_bytes: last.status.shuffle_bytes,
             tasks: last.status.tasks_total,
         };
-        eprintln!(
-            "q{:<2} datafusion {:>8.1} ms  ember {:>8.1} ms  ratio {:>5.2}",
-            q,
-            ms(timing.datafusion),
-            ms(timing.ember),
-            ratio(&timing)
-        );
+        progress.suspend(|| {
+            eprintln!(
+                "q{:<2} datafusion {:>8.1} ms  ember {:>8.1} ms  ratio {:>5.2}",
+                q,
+                ms(timing.datafusion),
+                ms(timing.ember),
+                ratio(&timing)
+            )
+        });
         results.push(timing);
     }
+    progress.finish_and_clear();
     cluster.shutdown().await;
 
-    println!("{}", report(&results, scale_factor, executors));
+    let how = match mode {
+        BenchMode::Local => format!("{executors} embedded executors"),
+        BenchMode::Processes => format!("a scheduler and {executors} executor processes"),
+    };
+    println!("{}", report(&results, scale_factor, &how));
     if let Some(path) = output {
-        std::fs::write(&path, json(&results, scale_factor, executors))
+        std::fs::write(&path, json(&results, scale_factor, executors, mode))
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
@@ -122,11 +143,11 @@ fn ratio(t: &QueryTiming) -> f64 {
     ms(t.ember) / ms(t.datafusion).max(1e-9)
 }
 
-fn report(results: &[QueryTiming], sf: f64, executors: usize) -> String {
+fn report(results: &[QueryTiming], sf: f64, how: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "TPC-H SF {sf}, Ember with {executors} embedded executors vs single-node DataFusion (medians)"
+        "TPC-H SF {sf}, Ember with {how} vs single-node DataFusion (medians)"
     );
     let _ = writeln!(
         out,
@@ -159,7 +180,7 @@ fn report(results: &[QueryTiming], sf: f64, executors: usize) -> String {
     out
 }
 
-fn json(results: &[QueryTiming], sf: f64, executors: usize) -> String {
+fn json(results: &[QueryTiming], sf: f64, executors: usize, mode: BenchMode) -> String {
     let rows: Vec<String> = results
         .iter()
         .map(|t| {
@@ -175,8 +196,119 @@ fn json(results: &[QueryTiming], sf: f64, executors: usize) -> String {
             )
         })
         .collect();
+    let df: f64 = results.iter().map(|t| ms(t.datafusion)).sum();
+    let ember: f64 = results.iter().map(|t| ms(t.ember)).sum();
+    let mode = match mode {
+        BenchMode::Local => "local",
+        BenchMode::Processes => "processes",
+    };
     format!(
-        "{{\"benchmark\":\"tpch\",\"scale_factor\":{sf},\"executors\":{executors},\"queries\":[{}]}}\n",
+        "{{\"benchmark\":\"tpch\",\"scale_factor\":{sf},\"executors\":{executors},\"mode\":\"{mode}\",\"total\":{{\"datafusion_ms\":{df:.3},\"ember_ms\":{ember:.3},\"ratio\":{:.4}}},\"queries\":[{}]}}\n",
+        ember / df.max(1e-9),
         rows.join(",")
     )
+}
+
+/// Where Ember runs during the benchmark.
+enum Cluster {
+    Embedded(EmbeddedCluster),
+    Processes(Processes),
+}
+
+impl Cluster {
+    async fn client(&self) -> Result<EmberClient> {
+        Ok(match self {
+            Cluster::Embedded(c) => c.client().await?,
+            Cluster::Processes(p) => EmberClient::connect(&p.url).await?,
+        })
+    }
+
+    async fn shutdown(self) {
+        match self {
+            Cluster::Embedded(c) => c.shutdown().await,
+            Cluster::Processes(p) => drop(p),
+        }
+    }
+}
+
+/// A scheduler and executors as child processes of this binary, killed on drop.
+struct Processes {
+    url: String,
+    children: Vec<Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Processes {
+    /// Starts them, the CPU cores shared out among the executors' slots.
+    async fn start(executors: usize, cores: usize) -> Result<Self> {
+        let exe = std::env::current_exe().context("locating the ember binary")?;
+        let dir = tempfile::tempdir()?;
+        let mut this = Processes {
+            url: String::new(),
+            children: Vec::new(),
+            _dir: dir,
+        };
+        let port_file = this._dir.path().join("scheduler.port");
+        let child = Command::new(&exe)
+            .args(["scheduler", "--bind", "127.0.0.1:0", "--port-file"])
+            .arg(&port_file)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting the scheduler")?;
+        this.children.push(child);
+        this.url = format!("http://127.0.0.1:{}", wait_for_port(&port_file).await?);
+        let slots = (cores / executors).max(1).to_string();
+        for i in 0..executors {
+            let port_file = this._dir.path().join(format!("executor-{i}.port"));
+            let child = Command::new(&exe)
+                .args([
+                    "executor",
+                    "--scheduler",
+                    &this.url,
+                    "--bind",
+                    "127.0.0.1:0",
+                ])
+                .args(["--slots", &slots, "--port-file"])
+                .arg(&port_file)
+                .stdout(Stdio::null())
+                .spawn()
+                .context("starting an executor")?;
+            this.children.push(child);
+            wait_for_port(&port_file).await?;
+        }
+        let client = EmberClient::connect(&this.url).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while client.executors().await?.0.len() < executors {
+            if Instant::now() > deadline {
+                bail!("the executors did not register within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(this)
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn wait_for_port(path: &std::path::Path) -> Result<u16> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(port) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+        {
+            return Ok(port);
+        }
+        if Instant::now() > deadline {
+            bail!("no port in {} after 30 s", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -157,10 +157,11 @@ pub enum BenchSuite {
         /// Where the generated data is kept (generated when missing).
         #[arg(long, env = "EMBER_BENCH_DATA")]
         data: Option<PathBuf>,
-        /// Executors of the embedded cluster.
+        /// Executors (their slots share out the CPU cores).
         #[arg(long, default_value_t = 2)]
         executors: usize,
-        /// Where Ember runs (only `local`, an embedded cluster, so far).
+        /// Where Ember runs: `local`, an embedded cluster in this process; `processes`, a
+        /// scheduler and executor processes on loopback.
         #[arg(long, value_enum, default_value_t = BenchMode::Local)]
         mode: BenchMode,
         /// Queries to run, e.g. `1,3,18` (default: all 22).

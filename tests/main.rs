@@ -8,5 +8,6 @@ mod cli;
 mod distribution;
 mod errors;
 mod failover;
+mod memory;
 mod planner_traps;
 mod tpch;

@@ -23,9 +23,24 @@ impl EmbeddedCluster {
 
     /// Like [`start`](Self::start), with scheduler options and the scheduler's bind address.
     pub async fn start_with(
-        mut scheduler_config: SchedulerConfig,
+        scheduler_config: SchedulerConfig,
         executors: usize,
         slots: usize,
+        bind: &str,
+    ) -> Result<Self> {
+        let executor = ExecutorConfig {
+            slots,
+            ..ExecutorConfig::default()
+        };
+        Self::start_configured(scheduler_config, executor, executors, bind).await
+    }
+
+    /// Starts a scheduler and `executors` executors configured like `executor` (its slots of 0
+    /// share the CPU cores out among them, its memory limit of 0 shares out the default).
+    pub async fn start_configured(
+        mut scheduler_config: SchedulerConfig,
+        executor: ExecutorConfig,
+        executors: usize,
         bind: &str,
     ) -> Result<Self> {
         if executors == 0 {
@@ -33,11 +48,16 @@ impl EmbeddedCluster {
                 "an embedded cluster needs at least one executor".into(),
             ));
         }
-        let slots = if slots > 0 {
-            slots
+        let slots = if executor.slots > 0 {
+            executor.slots
         } else {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             (cores / executors).max(1)
+        };
+        let memory_limit_mb = if executor.memory_limit_mb > 0 {
+            executor.memory_limit_mb
+        } else {
+            ((ember_executor::config::default_memory_limit() / executors) >> 20).max(1) as u64
         };
         scheduler_config.bind = bind.to_string();
         scheduler_config.port_file = None;
@@ -51,10 +71,10 @@ impl EmbeddedCluster {
                 advertise_addr: None,
                 port_file: None,
                 slots,
-                work_dir: None,
+                memory_limit_mb,
                 executor_id: Some(format!("embedded-{i}")),
                 heartbeat_interval_ms: 1000,
-                ..ExecutorConfig::default()
+                ..executor.clone()
             };
             handles.push(ember_executor::start(config).await?);
         }

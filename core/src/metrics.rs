@@ -15,6 +15,9 @@ pub struct ExecutorMetrics {
     /// Bytes of shuffle input read from this executor's own store.
     pub bytes_read_local: u64,
     pub shuffle_bytes_written: u64,
+    /// Times operators (sort, aggregate, join) spilled state to disk for want of memory.
+    pub spill_count: u64,
+    pub spilled_bytes: u64,
 }
 
 /// Live counters, shared by the task runner, the shuffle store and the Flight service.
@@ -27,6 +30,8 @@ pub struct ExecutorCounters {
     pub bytes_fetched_remote: AtomicU64,
     pub bytes_read_local: AtomicU64,
     pub shuffle_bytes_written: AtomicU64,
+    pub spill_count: AtomicU64,
+    pub spilled_bytes: AtomicU64,
 }
 
 impl ExecutorCounters {
@@ -44,6 +49,8 @@ impl ExecutorCounters {
             bytes_fetched_remote: get(&self.bytes_fetched_remote),
             bytes_read_local: get(&self.bytes_read_local),
             shuffle_bytes_written: get(&self.shuffle_bytes_written),
+            spill_count: get(&self.spill_count),
+            spilled_bytes: get(&self.spilled_bytes),
         }
     }
 }
@@ -76,4 +83,18 @@ pub fn file_rows_scanned(plan: &Arc<dyn ExecutionPlan>) -> u64 {
         .into_iter()
         .map(file_rows_scanned)
         .sum::<u64>()
+}
+
+/// Spills and spilled bytes of an executed plan's operators, from their metrics.
+pub fn plan_spills(plan: &Arc<dyn ExecutionPlan>) -> (u64, u64) {
+    let (count, bytes) = plan.metrics().map_or((0, 0), |m| {
+        (
+            m.spill_count().unwrap_or(0) as u64,
+            m.spilled_bytes().unwrap_or(0) as u64,
+        )
+    });
+    plan.children()
+        .into_iter()
+        .map(plan_spills)
+        .fold((count, bytes), |(c, b), (c2, b2)| (c + c2, b + b2))
 }

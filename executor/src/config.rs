@@ -70,6 +70,16 @@ pub struct ExecutorConfig {
     /// running jobs before it exits, in seconds.
     #[arg(long, env = "EMBER_DRAIN_TIMEOUT_SECS", default_value_t = 60)]
     pub drain_timeout_secs: u64,
+
+    /// Memory the executor's tasks share, in MiB (operator state and shuffle buffers); sorts,
+    /// aggregates and joins spill to disk past it. 0: 70% of the machine's memory, or of the
+    /// cgroup's limit when it is lower.
+    #[arg(long, env = "EMBER_MEMORY_LIMIT_MB", default_value_t = 0)]
+    pub memory_limit_mb: u64,
+
+    /// Directory for operators' spill files (default: `spill/` in the work directory).
+    #[arg(long, env = "EMBER_SPILL_DIR")]
+    pub spill_dir: Option<PathBuf>,
 }
 
 impl Default for ExecutorConfig {
@@ -79,6 +89,15 @@ impl Default for ExecutorConfig {
 }
 
 impl ExecutorConfig {
+    /// The memory limit in bytes: `--memory-limit-mb`, or 70% of what the machine (or the
+    /// cgroup) gives this process.
+    pub fn effective_memory_limit(&self) -> usize {
+        if self.memory_limit_mb > 0 {
+            return (self.memory_limit_mb as usize) << 20;
+        }
+        default_memory_limit()
+    }
+
     pub fn effective_slots(&self) -> usize {
         if self.slots > 0 {
             self.slots
@@ -86,4 +105,26 @@ impl ExecutorConfig {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         }
     }
+}
+
+/// 70% of the memory available to this process: the machine's, or its cgroup's when lower.
+pub fn default_memory_limit() -> usize {
+    let machine = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(4 << 30);
+    let cgroup = [
+        "/sys/fs/cgroup/memory.max",
+        "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+    ]
+    .iter()
+    .filter_map(|path| std::fs::read_to_string(path).ok())
+    .filter_map(|text| text.trim().parse::<u64>().ok())
+    .min()
+    .unwrap_or(u64::MAX);
+    (machine.min(cgroup) as f64 * 0.7) as usize
 }

@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::MemoryLimit;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::common::collect;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_core::EmberError;
 use ember_core::error::{datafusion_is_user_error, find_ember_error};
 use ember_core::job::{TaskDefinition, TaskOutcome, TaskStatus};
-use ember_core::metrics::{ExecutorCounters, file_rows_scanned};
+use ember_core::metrics::{ExecutorCounters, file_rows_scanned, plan_spills};
 use ember_core::session::distributed_session_config;
 use ember_core::shuffle::{ShuffleEnv, ShuffleWriterExec};
 use ember_core::{ExecutorId, TaskId};
@@ -40,16 +42,21 @@ pub struct TaskRunner {
 }
 
 impl TaskRunner {
+    /// `runtime` holds the memory pool and spill directory every task shares.
     pub fn new(
         env: Arc<ShuffleEnv>,
         slots: usize,
         reports: mpsc::UnboundedSender<TaskStatus>,
         shutdown: CancellationToken,
+        runtime: Arc<RuntimeEnv>,
     ) -> Self {
         Self {
             executor_id: env.executor_id.clone(),
             env,
-            base: TaskContext::from(&SessionContext::new()),
+            base: TaskContext::from(&SessionContext::new_with_config_rt(
+                SessionConfig::new(),
+                runtime,
+            )),
             slots: Arc::new(Semaphore::new(slots.max(1))),
             running: Arc::default(),
             cancelled: Mutex::default(),
@@ -202,6 +209,7 @@ fn panic_message(panic: &Box<dyn Any + Send>) -> String {
 }
 
 async fn run(ctx: Result<Arc<TaskContext>, DataFusionError>, task: &TaskDefinition) -> TaskOutcome {
+    let limit = ctx.as_ref().ok().map(|c| c.memory_pool().memory_limit());
     match execute(ctx, task).await {
         Ok(outcome) => outcome,
         Err(e) => match find_ember_error(&e) {
@@ -215,6 +223,19 @@ async fn run(ctx: Result<Arc<TaskContext>, DataFusionError>, task: &TaskDefiniti
                 stage_id: *stage_id,
                 message: message.clone(),
             },
+            _ if matches!(e.find_root(), DataFusionError::ResourcesExhausted(_)) => {
+                let limit = match limit {
+                    Some(MemoryLimit::Finite(bytes)) => format!("{} MiB", bytes >> 20),
+                    _ => "unknown".to_string(),
+                };
+                TaskOutcome::Failed {
+                    message: format!(
+                        "{e} (the executor's memory limit is {limit}: raise --memory-limit-mb, \
+                         or run fewer tasks at once with --slots)"
+                    ),
+                    user_error: false,
+                }
+            }
             _ => TaskOutcome::Failed {
                 message: e.to_string(),
                 user_error: datafusion_is_user_error(&e),
@@ -243,6 +264,11 @@ async fn execute(
     );
     let stream = plan.execute(task.task_id.partition as usize, Arc::clone(&ctx))?;
     let summary = collect(stream).await?;
+    let (spills, spilled) = plan_spills(&plan);
+    if let Some(env) = ctx.session_config().get_extension::<ShuffleEnv>() {
+        ExecutorCounters::add(&env.counters.spill_count, spills);
+        ExecutorCounters::add(&env.counters.spilled_bytes, spilled);
+    }
     debug!(
         task = %task.task_id,
         metrics = %datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(false),

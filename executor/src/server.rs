@@ -6,6 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow_flight::flight_service_server::FlightServiceServer;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use ember_core::job::ExecutorSpec;
 use ember_core::meta::{EtcdStore, Keys, MetaStore};
 use ember_core::metrics::ExecutorCounters;
@@ -119,6 +122,7 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         }
     };
     let counters = Arc::new(ExecutorCounters::default());
+    let store_dir = work_dir.clone();
     let store = Arc::new(ShuffleStore::new(work_dir)?);
     let env = Arc::new(ShuffleEnv {
         executor_id: executor_id.clone(),
@@ -133,7 +137,26 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     let shutdown = CancellationToken::new();
     let (reports_tx, reports_rx) = mpsc::unbounded_channel();
     let slots = config.effective_slots();
-    let runner = Arc::new(TaskRunner::new(env, slots, reports_tx, shutdown.clone()));
+    let memory_limit = config.effective_memory_limit();
+    let spill_dir = config
+        .spill_dir
+        .clone()
+        .unwrap_or_else(|| store_dir.join("spill"));
+    std::fs::create_dir_all(&spill_dir)?;
+    let runtime = RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir])),
+        )
+        .build_arc()?;
+    tracing::info!(memory_limit_mb = memory_limit >> 20, "executor memory pool");
+    let runner = Arc::new(TaskRunner::new(
+        env,
+        slots,
+        reports_tx,
+        shutdown.clone(),
+        runtime,
+    ));
     let tasks = TaskTracker::new();
 
     let grpc =

@@ -89,6 +89,8 @@ impl From<&ExecutorMetrics> for pb::ExecutorMetrics {
             bytes_fetched_remote: m.bytes_fetched_remote,
             bytes_read_local: m.bytes_read_local,
             shuffle_bytes_written: m.shuffle_bytes_written,
+            spill_count: m.spill_count,
+            spilled_bytes: m.spilled_bytes,
         }
     }
 }
@@ -103,6 +105,8 @@ impl From<pb::ExecutorMetrics> for ExecutorMetrics {
             bytes_fetched_remote: m.bytes_fetched_remote,
             bytes_read_local: m.bytes_read_local,
             shuffle_bytes_written: m.shuffle_bytes_written,
+            spill_count: m.spill_count,
+            spilled_bytes: m.spilled_bytes,
         }
     }
 }

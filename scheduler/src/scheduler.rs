@@ -80,9 +80,10 @@ struct Inner {
 }
 
 /// A task to send to an executor.
-struct Launch {
-    executor: ExecutorSpec,
-    task: TaskDefinition,
+#[derive(Debug)]
+pub struct Launch {
+    pub executor: ExecutorSpec,
+    pub task: TaskDefinition,
 }
 
 /// Work to do after the lock is released.
@@ -791,31 +792,14 @@ impl Scheduler {
             cluster,
             ..
         } = inner;
-        'jobs: for job_id in active.iter() {
+        for job_id in active.iter() {
             let Some(JobEntry::Distributed(job)) = jobs.get_mut(job_id) else {
                 continue;
             };
-            for pending in job.pending_tasks() {
-                let Some(executor) = cluster.take_slot(pending.avoid.as_ref()) else {
-                    if !cluster.has_free_slot() {
-                        break 'jobs;
-                    }
-                    continue;
-                };
-                let stage_id = pending.stage;
-                let task_id = job.task_launched(stage_id, pending.partition, &executor.id);
-                let plan = job.stages[&stage_id]
-                    .launch_plan
-                    .clone()
-                    .expect("pending tasks belong to stages with a plan");
-                effects.launches.push(Launch {
-                    executor,
-                    task: TaskDefinition {
-                        task_id,
-                        plan,
-                        settings: job.settings.clone(),
-                    },
-                });
+            let (launches, full) = assign_tasks(cluster, job);
+            effects.launches.extend(launches);
+            if full {
+                break;
             }
         }
     }
@@ -1081,6 +1065,35 @@ impl Scheduler {
     fn self_ref(&self) -> Option<Arc<Scheduler>> {
         self.me.upgrade()
     }
+}
+
+/// Places `job`'s pending tasks on free slots of `cluster`; returns the launches and whether
+/// the cluster ran out of free slots.
+pub fn assign_tasks(cluster: &mut Cluster, job: &mut Job) -> (Vec<Launch>, bool) {
+    let mut launches = Vec::new();
+    for pending in job.pending_tasks() {
+        let Some(executor) = cluster.take_slot(pending.avoid.as_ref()) else {
+            if !cluster.has_free_slot() {
+                return (launches, true);
+            }
+            continue;
+        };
+        let stage_id = pending.stage;
+        let task_id = job.task_launched(stage_id, pending.partition, &executor.id);
+        let plan = job.stages[&stage_id]
+            .launch_plan
+            .clone()
+            .expect("pending tasks belong to stages with a plan");
+        launches.push(Launch {
+            executor,
+            task: TaskDefinition {
+                task_id,
+                plan,
+                settings: job.settings.clone(),
+            },
+        });
+    }
+    (launches, false)
 }
 
 fn not_leader() -> EmberError {

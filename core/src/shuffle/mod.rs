@@ -127,6 +127,8 @@ pub struct ShuffleConfig {
     pub batch_rows: usize,
     /// Encoded bytes a map task buffers in memory before spilling to disk.
     pub memory_budget: usize,
+    /// LZ4-compress the IPC bodies (less to store and send, more CPU).
+    pub compression: bool,
 }
 
 impl Default for ShuffleConfig {
@@ -134,6 +136,7 @@ impl Default for ShuffleConfig {
         Self {
             batch_rows: 8192,
             memory_budget: 64 * 1024 * 1024,
+            compression: true,
         }
     }
 }

@@ -13,6 +13,7 @@ use arrow_ipc::writer::{DictionaryTracker, IpcDataGenerator, IpcWriteContext, Ip
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::execution::memory_pool::MemoryReservation;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 
@@ -176,6 +177,9 @@ pub struct MapOutputWriter {
     stats: Vec<PartitionStats>,
     buffered: usize,
     budget: usize,
+    /// The buffered bytes, counted against the executor's memory pool: when the pool cannot
+    /// grant more, the buffers spill early.
+    reservation: Option<MemoryReservation>,
     generator: IpcDataGenerator,
     trackers: Vec<DictionaryTracker>,
     context: IpcWriteContext,
@@ -189,8 +193,8 @@ impl MapOutputWriter {
         partitions: usize,
         config: &super::ShuffleConfig,
     ) -> Result<Self> {
-        let options =
-            IpcWriteOptions::default().try_with_compression(Some(CompressionType::LZ4_FRAME))?;
+        let compression = config.compression.then_some(CompressionType::LZ4_FRAME);
+        let options = IpcWriteOptions::default().try_with_compression(compression)?;
         Ok(Self {
             schema,
             path,
@@ -201,6 +205,7 @@ impl MapOutputWriter {
             stats: vec![PartitionStats::default(); partitions],
             buffered: 0,
             budget: config.memory_budget,
+            reservation: None,
             generator: IpcDataGenerator::default(),
             trackers: (0..partitions)
                 .map(|_| DictionaryTracker::new(false))
@@ -208,6 +213,12 @@ impl MapOutputWriter {
             context: IpcWriteContext::default(),
             options,
         })
+    }
+
+    /// Counts buffered bytes against a memory pool from now on.
+    pub fn with_reservation(mut self, reservation: MemoryReservation) -> Self {
+        self.reservation = Some(reservation);
+        self
     }
 
     /// Encodes `batch` into output partition `partition`.
@@ -231,7 +242,11 @@ impl MapOutputWriter {
         stats.rows += batch.num_rows() as u64;
         stats.bytes += written as u64;
         self.buffered += written;
-        if self.buffered > self.budget {
+        let pool_full = self
+            .reservation
+            .as_mut()
+            .is_some_and(|r| r.try_grow(written).is_err());
+        if pool_full || self.buffered > self.budget {
             self.spill()?;
         }
         Ok(())
@@ -258,6 +273,9 @@ impl MapOutputWriter {
             buf.clear();
         }
         self.buffered = 0;
+        if let Some(r) = self.reservation.as_mut() {
+            r.free();
+        }
         Ok(())
     }
 

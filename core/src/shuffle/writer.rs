@@ -10,6 +10,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -188,10 +189,14 @@ impl ExecutionPlan for ShuffleWriterExec {
             .ok_or_else(|| {
                 DataFusionError::Internal("ShuffleWriterExec runs only on an executor".into())
             })?;
+        let reservation = MemoryConsumer::new(format!("ShuffleWriterExec[{partition}]"))
+            .with_can_spill(true)
+            .register(context.memory_pool());
         let input = self.input.execute(partition, context)?;
         let input_partitions = self.input.output_partitioning().partition_count();
         let write = write_partition(
             env,
+            reservation,
             self.job_id.clone(),
             self.stage_id,
             partition,
@@ -206,8 +211,10 @@ impl ExecutionPlan for ShuffleWriterExec {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn write_partition(
     env: Arc<ShuffleEnv>,
+    reservation: MemoryReservation,
     job_id: String,
     stage_id: u32,
     map: usize,
@@ -226,14 +233,17 @@ async fn write_partition(
         )?),
         ShuffleOutput::PassThrough(_) => None,
     };
-    let mut writer = env.store.writer(
-        &job_id,
-        stage_id,
-        map as u32,
-        Arc::clone(&schema),
-        partitions,
-        &env.config,
-    )?;
+    let mut writer = env
+        .store
+        .writer(
+            &job_id,
+            stage_id,
+            map as u32,
+            Arc::clone(&schema),
+            partitions,
+            &env.config,
+        )?
+        .with_reservation(reservation);
     let batch_rows = env.config.batch_rows;
     let mut coalescers: Vec<BatchCoalescer> = (0..partitions)
         .map(|_| BatchCoalescer::new(Arc::clone(&schema), batch_rows))
