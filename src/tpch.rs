@@ -125,6 +125,13 @@ pub fn ensure_generated(scale_factor: f64, dir: &Path) -> Result<()> {
     if marker.exists() {
         return Ok(());
     }
+    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+        anyhow::bail!(
+            "{} exists but holds no complete TPC-H data (no _SUCCESS marker): remove it, or \
+             generate it with `ember datagen tpch`",
+            dir.display()
+        );
+    }
     let staging = dir.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     generate(scale_factor, &staging)?;

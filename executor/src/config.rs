@@ -52,6 +52,11 @@ pub struct ExecutorConfig {
     #[arg(long, env = "EMBER_SHUFFLE_MEMORY_MB", default_value_t = 64)]
     pub shuffle_memory_mb: usize,
 
+    /// Compression of shuffle data: `none` (default: on fast networks and one host, compressing
+    /// costs more CPU than it saves) or `lz4` (for slow networks).
+    #[arg(long, env = "EMBER_SHUFFLE_COMPRESSION", value_enum, default_value_t = ShuffleCompression::None)]
+    pub shuffle_compression: ShuffleCompression,
+
     /// etcd endpoints (`http://host:port`, comma-separated): register there under a lease and
     /// find the leading scheduler there, instead of through --scheduler.
     #[arg(long, env = "EMBER_ETCD")]
@@ -80,6 +85,12 @@ pub struct ExecutorConfig {
     /// Directory for operators' spill files (default: `spill/` in the work directory).
     #[arg(long, env = "EMBER_SPILL_DIR")]
     pub spill_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ShuffleCompression {
+    None,
+    Lz4,
 }
 
 impl Default for ExecutorConfig {

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::ExecutorConfig;
+use crate::config::{ExecutorConfig, ShuffleCompression};
 use crate::runner::TaskRunner;
 use crate::scheduler_link::{
     Leader, Member, SchedulerLink, lease_loop, membership_loop, report_loop,
@@ -131,6 +131,7 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         counters: Arc::clone(&counters),
         config: ShuffleConfig {
             memory_budget: config.shuffle_memory_mb.max(1) * 1024 * 1024,
+            compression: config.shuffle_compression == ShuffleCompression::Lz4,
             ..ShuffleConfig::default()
         },
     });

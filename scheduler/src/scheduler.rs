@@ -981,7 +981,11 @@ impl Scheduler {
         if !self.is_leader(fence) {
             return;
         }
-        warn!("stepping down as leader");
+        if self.shutdown.is_cancelled() {
+            info!("leaving leadership: shutting down");
+        } else {
+            warn!("stepping down as leader");
+        }
         self.set_role(Role::Starting);
         let mut inner = self.inner.lock();
         inner.jobs.retain(|_, e| matches!(e, JobEntry::Inline(_)));
