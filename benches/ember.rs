@@ -119,7 +119,7 @@ fn flight_server(rt: &Runtime, maps: u32) -> (String, usize, tempfile::TempDir) 
     rt.spawn(
         tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+            .serve_with_incoming(ember_core::net::incoming(listener)),
     );
     (address, decoded, dir)
 }

@@ -63,6 +63,20 @@ pub fn advertised_address(advertise: Option<&str>, bound: std::net::SocketAddr) 
     }
 }
 
+/// Connections accepted on `listener`, with Nagle's algorithm off. (`tonic`'s `tcp_nodelay`
+/// applies only to listeners it binds itself; without this, small request/response pairs wait
+/// for the peer's delayed ACK, about 40 ms each.)
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use futures::StreamExt;
+    tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

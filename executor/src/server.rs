@@ -170,7 +170,7 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     ))
     .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
     .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = ember_core::net::incoming(listener);
     let token = shutdown.clone();
     tasks.spawn(async move {
         let served = tonic::transport::Server::builder()

@@ -74,7 +74,7 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
         .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = ember_core::net::incoming(listener);
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
