@@ -91,6 +91,27 @@ async fn running(q: usize, schedulers: usize, executors: usize) -> Running {
     }
 }
 
+/// Waits for `job` (TPC-H `q`) after a failure was injected: it must succeed with the rows
+/// DataFusion gives. Prints how long it took after the failure.
+async fn finish_correctly(
+    client: &EmberClient,
+    job: &JobId,
+    q: usize,
+    expected: &[datafusion::arrow::array::RecordBatch],
+    failure: &str,
+) -> ember_client::QueryResult {
+    let start = Instant::now();
+    let result = finish(client, job)
+        .await
+        .unwrap_or_else(|e| panic!("q{q} did not survive: {failure}: {e}"));
+    eprintln!(
+        "measure: q{q} finished {:?} after {failure}",
+        start.elapsed()
+    );
+    assert_same_rows(&format!("q{q}"), expected, &result.batches);
+    result
+}
+
 fn by_stage(stages: &[StageStatus]) -> BTreeMap<u32, StageStatus> {
     stages.iter().map(|s| (s.stage_id, s.clone())).collect()
 }
@@ -120,16 +141,7 @@ async fn killing_an_executor_mid_query_reruns_only_what_it_held() {
         .position(|m| m.id == victim)
         .unwrap();
     cluster.executors[index].kill();
-    let killed = Instant::now();
-
-    let result = finish(&client, &job)
-        .await
-        .expect("the query survives the kill");
-    eprintln!(
-        "measure: q{q} finished {:?} after an executor was killed",
-        killed.elapsed()
-    );
-    assert_same_rows(&format!("q{q}"), &expected, &result.batches);
+    let result = finish_correctly(&client, &job, q, &expected, "an executor was killed").await;
 
     let after = by_stage(&result.status.stages);
     eprintln!(
@@ -177,16 +189,7 @@ async fn the_standby_finishes_the_job_when_the_leader_is_killed() {
     } = running(q, 2, 2).await;
     let first = cluster.leader().await;
     cluster.schedulers[first].kill();
-    let killed = Instant::now();
-
-    let result = finish(&client, &job)
-        .await
-        .expect("the job survives the leader");
-    eprintln!(
-        "measure: q{q} finished {:?} after the leader was killed",
-        killed.elapsed()
-    );
-    assert_same_rows(&format!("q{q}"), &expected, &result.batches);
+    finish_correctly(&client, &job, q, &expected, "the leader was killed").await;
     let now = cluster.leader().await;
     assert_ne!(now, first, "the standby leads now");
 }

@@ -162,12 +162,6 @@ impl Scheduler {
         self.role.subscribe()
     }
 
-    /// Waits until this scheduler leads.
-    pub async fn wait_leader(&self) {
-        let mut role = self.role.subscribe();
-        let _ = role.wait_for(|r| matches!(r, Role::Leader { .. })).await;
-    }
-
     pub(crate) fn set_role(&self, role: Role) {
         self.role.send_if_modified(|r| {
             let changed = *r != role;
