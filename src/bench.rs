@@ -250,7 +250,14 @@ impl Processes {
         };
         let port_file = this._dir.path().join("scheduler.port");
         let child = Command::new(&exe)
-            .args(["scheduler", "--bind", "127.0.0.1:0", "--port-file"])
+            .args([
+                "scheduler",
+                "--bind",
+                "127.0.0.1:0",
+                "--http-bind",
+                "127.0.0.1:0",
+            ])
+            .arg("--port-file")
             .arg(&port_file)
             .stdout(Stdio::null())
             .spawn()
@@ -268,7 +275,14 @@ impl Processes {
                     "--bind",
                     "127.0.0.1:0",
                 ])
-                .args(["--slots", &slots, "--port-file"])
+                // Several executors on one host: each its own HTTP port.
+                .args([
+                    "--slots",
+                    &slots,
+                    "--http-bind",
+                    "127.0.0.1:0",
+                    "--port-file",
+                ])
                 .arg(&port_file)
                 .stdout(Stdio::null())
                 .spawn()

@@ -17,6 +17,15 @@ pub struct Cli {
     #[arg(long, env = "EMBER_LOG", default_value = "warn", global = true)]
     pub log: String,
 
+    /// Log lines as `text` (for people) or `json` (one object per line, for log collectors).
+    #[arg(long, env = "EMBER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Settings from a TOML file (keys are option names; `[scheduler]`, `[executor]`, ...
+    /// tables apply to one command); flags and `EMBER_*` variables take precedence.
+    #[arg(long, env = "EMBER_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -35,6 +44,86 @@ pub enum Command {
     Standalone(StandaloneArgs),
     /// Measure Ember against single-node DataFusion.
     Bench(BenchArgs),
+    /// Submit a batch job: a SQL script the cluster runs in order; prints the job's id.
+    Submit(SubmitArgs),
+    /// List, follow and cancel batch jobs.
+    Jobs(JobsArgs),
+    /// Exit 0 when a local Ember process answers /healthz (a container's healthcheck).
+    Probe(ProbeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// HTTP ports to try on 127.0.0.1 (any answering 200 is enough).
+    #[arg(long, value_delimiter = ',', default_values_t = [9090u16, 9091u16])]
+    pub ports: Vec<u16>,
+
+    /// The path to ask.
+    #[arg(long, default_value = "/healthz")]
+    pub path: String,
+}
+
+/// A running cluster to talk to (batch jobs need one that outlives this process).
+#[derive(Debug, Clone, Args)]
+pub struct RemoteArgs {
+    /// Scheduler, as http://HOST:PORT; several, comma-separated, are tried in turn.
+    #[arg(long, env = "EMBER_SCHEDULER_URL", required_unless_present = "etcd")]
+    pub scheduler: Option<String>,
+
+    /// Find the leading scheduler through etcd (comma-separated http://HOST:PORT endpoints).
+    #[arg(long, env = "EMBER_ETCD", conflicts_with = "scheduler")]
+    pub etcd: Option<String>,
+
+    /// Cluster name in etcd (with --etcd).
+    #[arg(long, env = "EMBER_CLUSTER_NAME", default_value = "default")]
+    pub cluster_name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
+    /// File of `;`-separated SQL statements (DDL, queries, COPY/INSERT) to run in order.
+    #[arg(short = 'f', long = "file", required_unless_present = "command")]
+    pub file: Option<PathBuf>,
+
+    /// The script inline instead of in a file.
+    #[arg(short = 'c', long = "command", conflicts_with = "file")]
+    pub command: Option<String>,
+
+    /// A name to find the job by in `ember jobs list` (default: its id).
+    #[arg(long)]
+    pub name: Option<String>,
+
+    /// Wait for the job to finish (a progress bar on a terminal); exit non-zero if it fails.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+
+    #[command(subcommand)]
+    pub action: JobsAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobsAction {
+    /// Batch jobs the cluster knows, newest first.
+    List,
+    /// One job: state, statements and stages done, tasks, elapsed time, error.
+    Status {
+        /// The id `ember submit` printed.
+        id: String,
+    },
+    /// Stop a job: its running statement is cancelled and no later one starts.
+    Cancel {
+        /// The id `ember submit` printed.
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -54,6 +143,12 @@ pub enum Dataset {
         #[arg(long, env = "EMBER_DATAGEN_OUTPUT")]
         output: PathBuf,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -134,6 +229,14 @@ pub struct StandaloneArgs {
     /// Write the scheduler's port to this file once it listens.
     #[arg(long, env = "EMBER_STANDALONE_PORT_FILE")]
     pub port_file: Option<PathBuf>,
+
+    /// Address of the HTTP endpoint (/healthz, /readyz, /metrics); `off` disables it.
+    #[arg(
+        long,
+        env = "EMBER_STANDALONE_HTTP_BIND",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub http_bind: String,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod cli;
+pub mod config_file;
+pub mod jobs;
 pub mod serve;
 pub mod sql;
 pub mod tpch;
@@ -12,7 +14,7 @@ use cli::{Cli, Command, Dataset};
 
 /// Runs a parsed command line; errors are printed once, as one clear message.
 pub fn run(cli: Cli) -> ExitCode {
-    init_logging(&cli.log);
+    init_logging(&cli.log, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -36,6 +38,9 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Executor(config) => serve::executor(config).await,
             Command::Standalone(args) => serve::standalone(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Submit(args) => jobs::submit(args).await,
+            Command::Jobs(args) => jobs::jobs(args).await,
+            Command::Probe(args) => probe(&args),
         }
     });
     match result {
@@ -63,11 +68,61 @@ fn datagen(scale_factor: f64, output: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging(filter: &str) {
+/// `GET path` on an HTTP endpoint at `port` on loopback: the status code and the body.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_secs(2);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {response:?}")))?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// `GET path` on each port in turn; succeeds on the first 200.
+fn probe(args: &cli::ProbeArgs) -> anyhow::Result<()> {
+    let mut last = String::from("no port given");
+    for port in &args.ports {
+        match http_get(*port, &args.path) {
+            Ok((200, _)) => return Ok(()),
+            Ok((status, _)) => last = format!("port {port}: HTTP {status}"),
+            Err(e) => last = format!("port {port}: {e}"),
+        }
+    }
+    anyhow::bail!("not healthy: {last}")
+}
+
+fn init_logging(filter: &str, format: cli::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        cli::LogFormat::Text => builder.try_init(),
+        cli::LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Parses the command line, after the config file (if any) filled in what flags and
+/// environment leave unset.
+pub fn parse_command_line() -> std::result::Result<Cli, String> {
+    use clap::Parser;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    config_file::apply(&args).map_err(|e| format!("error: {e:#}"))?;
+    Ok(Cli::parse_from(args))
 }

@@ -1,8 +1,11 @@
-//! The `ember` binary: parses the command line and hands over to `ember::run`.
-
-use clap::Parser;
+//! The `ember` binary: parses the command line (and config file) and hands over to `ember::run`.
 
 fn main() -> std::process::ExitCode {
-    let cli = ember::cli::Cli::parse();
-    ember::run(cli)
+    match ember::parse_command_line() {
+        Ok(cli) => ember::run(cli),
+        Err(message) => {
+            eprintln!("{message}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

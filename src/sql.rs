@@ -91,7 +91,20 @@ async fn run_one(
     timing: bool,
 ) -> Result<()> {
     let start = Instant::now();
-    let result = client.sql(sql).await?;
+    let job = client.submit(sql).await?;
+    let bar = crate::jobs::progress_bar();
+    let status = client
+        .wait(&job, |status| {
+            crate::jobs::show_stages(
+                &bar,
+                status.stages_completed,
+                status.stages_total,
+                format!("tasks {}/{}", status.tasks_completed, status.tasks_total),
+            );
+        })
+        .await;
+    bar.finish_and_clear();
+    let result = client.collect(status?).await?;
     print_result(&result, format)?;
     if timing {
         eprintln!(

@@ -174,3 +174,173 @@ fn a_malformed_scheduler_url_is_refused_at_once() {
         assert!(stderr.contains("http://HOST:PORT"), "{cmd:?}: {stderr}");
     }
 }
+
+/// `ember submit` and `ember jobs`, as an orchestrator drives them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_jobs_are_submitted_followed_and_cancelled() {
+    let cluster = ProcessCluster::start(2, 1).await;
+    let url = cluster.scheduler_url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let lineitem = tpch_dir().join("lineitem");
+    let orders = tpch_dir().join("orders");
+    let script = dir.path().join("job.sql");
+    std::fs::write(
+        &script,
+        format!(
+            "CREATE EXTERNAL TABLE IF NOT EXISTS li STORED AS PARQUET LOCATION '{}/';\n\
+             CREATE EXTERNAL TABLE IF NOT EXISTS ord STORED AS PARQUET LOCATION '{}/';\n\
+             SELECT o_orderpriority, count(*) FROM ord JOIN li ON o_orderkey = l_orderkey GROUP BY o_orderpriority;\n",
+            lineitem.display(),
+            orders.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: Vec<String>| {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ember(&args)
+        })
+    };
+    let args = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+
+    // Submitted and waited for: the id on stdout, success, the statements' progress.
+    let (ok, stdout, stderr) = run(args(&[
+        "submit",
+        "--scheduler",
+        &url,
+        "-f",
+        script.to_str().unwrap(),
+        "--wait",
+        "--name",
+        "etl",
+    ]))
+    .await
+    .unwrap();
+    assert!(ok, "{stderr}");
+    let id = stdout.trim().to_string();
+    assert!(!id.is_empty() && !id.contains(' '), "{stdout}");
+    assert!(stderr.contains("state:      succeeded"), "{stderr}");
+    assert!(stderr.contains("statements: 3/3 done"), "{stderr}");
+    assert!(stderr.contains("rows:       0, 0, 5"), "{stderr}");
+
+    let (ok, stdout, stderr) = run(args(&["jobs", "--scheduler", &url, "status", &id]))
+        .await
+        .unwrap();
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("succeeded"), "{stdout}");
+    let stages: Vec<u32> = stdout
+        .lines()
+        .find(|l| l.starts_with("stages:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert!(stages[0] == stages[1] && stages[1] >= 2, "{stdout}");
+
+    // A failing statement fails the job, names the statement, and stops the script.
+    let (ok, stdout, stderr) = run(args(&[
+        "submit",
+        "--scheduler",
+        &url,
+        "--wait",
+        "-c",
+        "SELECT count(*) FROM li; SELECT * FROM no_such_table; SELECT 1",
+    ]))
+    .await
+    .unwrap();
+    assert!(!ok, "{stdout}");
+    assert!(stderr.contains("statement 2 failed"), "{stderr}");
+    assert!(stderr.contains("no_such_table"), "{stderr}");
+    assert!(stderr.contains("statements: 1/3 done"), "{stderr}");
+
+    // Submitted without waiting, then cancelled while it runs.
+    let (ok, stdout, stderr) = run(args(&[
+        "submit", "--scheduler", &url, "--name", "forever", "-c",
+        "SELECT sum(a.k + b.k) FROM (SELECT l_orderkey AS k FROM li) a CROSS JOIN (SELECT l_orderkey AS k FROM li) b; SELECT 1",
+    ]))
+    .await
+    .unwrap();
+    assert!(ok, "{stderr}");
+    let long = stdout.trim().to_string();
+    let (ok, stdout, _) = run(args(&["jobs", "--scheduler", &url, "list"]))
+        .await
+        .unwrap();
+    assert!(ok);
+    assert!(
+        stdout.contains("forever") && stdout.contains("etl"),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = run(args(&["jobs", "--scheduler", &url, "cancel", &long]))
+        .await
+        .unwrap();
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("cancelled"), "{stdout}");
+    let client = cluster.client().await;
+    let status = client.scripts(Some(&long)).await.unwrap().pop().unwrap();
+    assert_eq!(status.state, ember_proto::pb::JobState::Cancelled as i32);
+    assert_eq!(status.statements_done, 0);
+
+    // Bad input: an unknown job, an empty script.
+    let (ok, _, stderr) = run(args(&["jobs", "--scheduler", &url, "status", "nope"]))
+        .await
+        .unwrap();
+    assert!(!ok);
+    assert!(stderr.contains("nope"), "{stderr}");
+    let (ok, _, stderr) = run(args(&["submit", "--scheduler", &url, "-c", " ; "]))
+        .await
+        .unwrap();
+    assert!(!ok);
+    assert!(stderr.contains("no SQL statement"), "{stderr}");
+}
+
+/// Settings from a config file, JSON log lines, and a clear error for a key that is unknown.
+#[test]
+fn a_config_file_configures_a_process_and_logs_can_be_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let port_file = dir.path().join("scheduler.port");
+    let config = dir.path().join("ember.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "log = \"info\"\nlog-format = \"json\"\nslots = 3\n\n[scheduler]\nbind = \"127.0.0.1:0\"\nport-file = \"{}\"\n",
+            port_file.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("scheduler.log");
+    let mut scheduler = spawn_guarded(
+        Command::new(ember_bin())
+            .args(["scheduler", "--config"])
+            .arg(&config)
+            .stderr(std::fs::File::create(&log).unwrap()),
+    );
+    let port = wait_for_port(&port_file, &mut scheduler.0);
+    assert!(port > 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&log).unwrap();
+        if let Some(line) = text.lines().find(|l| l.contains("scheduler listening")) {
+            break line.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no log line: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(
+        line.starts_with('{') && line.contains("\"level\":\"INFO\""),
+        "not a JSON log line: {line}"
+    );
+
+    std::fs::write(&config, "bnid = \"127.0.0.1:0\"\n").unwrap();
+    let (ok, _, stderr) = ember(&[
+        "sql",
+        "--config",
+        config.to_str().unwrap(),
+        "-c",
+        "select 1",
+    ]);
+    assert!(!ok);
+    assert!(stderr.contains("unknown setting \"bnid\""), "{stderr}");
+}

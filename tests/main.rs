@@ -5,9 +5,16 @@ mod etcd_support;
 mod support;
 
 mod cli;
+mod compose;
+mod dataframe;
 mod distribution;
 mod errors;
 mod failover;
+mod flight_sql;
+mod k8s;
 mod memory;
+mod object_store;
+mod ops;
 mod planner_traps;
 mod tpch;
+mod writes;

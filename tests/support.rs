@@ -151,6 +151,17 @@ pub fn spawn_guarded(command: &mut Command) -> ChildGuard {
             });
         }
     }
+    // Ember servers started by tests serve their HTTP endpoint on a free port, unless the
+    // test chose one.
+    for var in [
+        "EMBER_SCHEDULER_HTTP_BIND",
+        "EMBER_EXECUTOR_HTTP_BIND",
+        "EMBER_STANDALONE_HTTP_BIND",
+    ] {
+        if !command.get_envs().any(|(k, _)| k == var) {
+            command.env(var, "127.0.0.1:0");
+        }
+    }
     let program = command.get_program().to_string_lossy().into_owned();
     ChildGuard(
         command
@@ -191,13 +202,48 @@ pub struct ProcessCluster {
 
 impl ProcessCluster {
     pub async fn start(executors: usize, slots: usize) -> ProcessCluster {
+        Self::start_with_env(executors, slots, &[]).await
+    }
+
+    /// A cluster whose processes all get the environment variables `env`.
+    pub async fn start_with_env(
+        executors: usize,
+        slots: usize,
+        env: &[(&str, &str)],
+    ) -> ProcessCluster {
+        Self::start_inner(executors, slots, env, None).await
+    }
+
+    /// Like [`start_with_env`](Self::start_with_env), each process's log (stderr) going to a
+    /// file in `logs`.
+    pub async fn start_with_env_logged(
+        executors: usize,
+        slots: usize,
+        env: &[(&str, &str)],
+        logs: &Path,
+    ) -> ProcessCluster {
+        Self::start_inner(executors, slots, env, Some(logs)).await
+    }
+
+    async fn start_inner(
+        executors: usize,
+        slots: usize,
+        env: &[(&str, &str)],
+        logs: Option<&Path>,
+    ) -> ProcessCluster {
+        let log = |name: &str| match logs {
+            Some(dir) => Stdio::from(std::fs::File::create(dir.join(name)).unwrap()),
+            None => Stdio::inherit(),
+        };
         let dir = tempfile::tempdir().unwrap();
         let port_file = dir.path().join("scheduler.port");
         let mut scheduler = spawn_guarded(
             Command::new(ember_bin())
                 .args(["scheduler", "--bind", "127.0.0.1:0", "--port-file"])
                 .arg(&port_file)
-                .stdout(Stdio::null()),
+                .envs(env.iter().copied())
+                .stdout(Stdio::null())
+                .stderr(log("scheduler.log")),
         );
         let port = wait_for_port(&port_file, &mut scheduler.0);
         let scheduler_url = format!("http://127.0.0.1:{port}");
@@ -223,7 +269,9 @@ impl ProcessCluster {
                     .arg(dir.path())
                     .arg("--port-file")
                     .arg(&port_file)
-                    .stdout(Stdio::null()),
+                    .envs(env.iter().copied())
+                    .stdout(Stdio::null())
+                    .stderr(log(&format!("executor-{i}.log"))),
             );
             wait_for_port(&port_file, &mut guard.0);
             guards.push(guard);
@@ -246,4 +294,9 @@ impl ProcessCluster {
     pub async fn client(&self) -> EmberClient {
         EmberClient::connect(&self.scheduler_url).await.unwrap()
     }
+}
+
+/// `GET path` on an HTTP endpoint at `port` on loopback: the status code and the body.
+pub fn http_get(port: u16, path: &str) -> (u16, String) {
+    ember::http_get(port, path).unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))
 }

@@ -23,6 +23,12 @@ use ember_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use tonic::transport::Channel;
 
+/// A batch job's status, as `ember jobs status` shows it.
+pub use ember_proto::pb::ScriptStatus;
+
+/// How often a waiting client asks how a batch job is doing.
+const SCRIPT_POLL: Duration = Duration::from_millis(250);
+
 /// How long one status request waits for progress on the server.
 const POLL: Duration = Duration::from_secs(10);
 
@@ -220,8 +226,13 @@ impl EmberClient {
     pub async fn submit_plan(&self, plan: &LogicalPlan) -> Result<JobId> {
         let bytes = datafusion_proto::bytes::logical_plan_to_bytes(plan)
             .map_err(|e| EmberError::User(format!("cannot send this plan: {e}")))?;
+        self.submit_plan_bytes(bytes.to_vec()).await
+    }
+
+    /// Submits a logical plan already encoded with datafusion-proto.
+    pub async fn submit_plan_bytes(&self, bytes: Vec<u8>) -> Result<JobId> {
         let request = pb::ExecuteQueryRequest {
-            query: Some(pb::execute_query_request::Query::LogicalPlan(bytes)),
+            query: Some(pb::execute_query_request::Query::LogicalPlan(bytes.into())),
             settings: Default::default(),
         };
         self.execute(request).await
@@ -315,16 +326,52 @@ impl EmberClient {
         self.collect(status).await
     }
 
-    /// Collects a succeeded job's result and frees it on the cluster.
+    /// Collects a succeeded job's result and frees it on the cluster. When the executors
+    /// cannot be reached from here (a client outside the cluster's network), the result comes
+    /// through the scheduler instead.
     pub async fn collect(&self, status: JobStatus) -> Result<QueryResult> {
         let (schema, stream) = self.fetch(&status)?;
-        let batches = stream.try_collect().await;
+        let batches = match stream.try_collect::<Vec<_>>().await {
+            Err(EmberError::FetchFailed { message, .. }) if status.inline_result.is_empty() => {
+                tracing::debug!(%message, "executors unreachable; reading the result through the scheduler");
+                self.fetch_via_scheduler(&status.job_id).await
+            }
+            other => other,
+        };
         let _ = self.release(&status.job_id).await;
         Ok(QueryResult {
             schema,
             batches: batches?,
             status,
         })
+    }
+
+    /// A finished job's result as the scheduler streams it (its Flight SQL `DoGet`).
+    async fn fetch_via_scheduler(&self, job_id: &JobId) -> Result<Vec<RecordBatch>> {
+        use arrow_flight::sql::{ProstMessageExt, TicketStatementQuery};
+        let url = {
+            let schedulers = self.schedulers.lock();
+            schedulers[self.current.load(Ordering::Relaxed) % schedulers.len()]
+                .0
+                .clone()
+        };
+        let channel = ember_core::net::endpoint(&url)?.connect_lazy();
+        let mut flight = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+            .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
+        let ticket = TicketStatementQuery {
+            statement_handle: job_id.to_string().into(),
+        };
+        let ticket = arrow_flight::Ticket::new(ticket.as_any().encode_to_vec());
+        let data = flight
+            .do_get(ticket)
+            .await
+            .map_err(|s| error_from_status(&s))?
+            .into_inner()
+            .map_err(arrow_flight::error::FlightError::from);
+        arrow_flight::decode::FlightRecordBatchStream::new_from_flight_data(data)
+            .try_collect()
+            .await
+            .map_err(|e| EmberError::Unavailable(format!("reading the result from {url}: {e}")))
     }
 
     /// Frees a job's result data on the executors.
@@ -351,6 +398,75 @@ impl EmberClient {
             })
             .await?;
         Ok(reply.cancelled)
+    }
+
+    /// Submits a batch job: `statements` run in order on the cluster, whether or not this
+    /// client stays connected. Returns the script's id.
+    pub async fn submit_script(
+        &self,
+        name: &str,
+        statements: Vec<String>,
+        settings: &[(&str, &str)],
+    ) -> Result<String> {
+        let request = pb::SubmitScriptRequest {
+            name: name.to_string(),
+            statements,
+            settings: settings
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let reply = self
+            .call(false, |mut c| {
+                let request = request.clone();
+                async move { c.submit_script(request).await }
+            })
+            .await?;
+        Ok(reply.script_id)
+    }
+
+    /// Batch jobs the cluster knows (all of them, or the one with `id`), newest first.
+    pub async fn scripts(&self, id: Option<&str>) -> Result<Vec<ScriptStatus>> {
+        let request = pb::ListScriptsRequest {
+            script_id: id.unwrap_or_default().to_string(),
+        };
+        let reply = self
+            .call(true, |mut c| {
+                let request = request.clone();
+                async move { c.list_scripts(request).await }
+            })
+            .await?;
+        Ok(reply.scripts)
+    }
+
+    /// Waits for a batch job to finish; `progress` sees its status on the way. A failed or
+    /// cancelled script is an error carrying its cause.
+    pub async fn wait_script(
+        &self,
+        id: &str,
+        mut progress: impl FnMut(&ScriptStatus),
+    ) -> Result<ScriptStatus> {
+        loop {
+            let status =
+                self.scripts(Some(id))
+                    .await?
+                    .pop()
+                    .ok_or_else(|| EmberError::JobNotFound {
+                        job_id: id.to_string(),
+                    })?;
+            progress(&status);
+            match pb::JobState::try_from(status.state) {
+                Ok(pb::JobState::Succeeded) => return Ok(status),
+                Ok(pb::JobState::Failed) => {
+                    return Err(EmberError::TaskFailed {
+                        message: status.error.clone(),
+                        user_error: true,
+                    });
+                }
+                Ok(pb::JobState::Cancelled) => return Err(EmberError::Cancelled),
+                _ => tokio::time::sleep(SCRIPT_POLL).await,
+            }
+        }
     }
 
     /// The registered executors with their counters, and the rows the scheduler itself scanned.

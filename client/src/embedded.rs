@@ -70,6 +70,9 @@ impl EmbeddedCluster {
                 bind: "127.0.0.1:0".into(),
                 advertise_addr: None,
                 port_file: None,
+                // Several executors share this process: none serves the HTTP endpoint.
+                http_bind: "off".into(),
+                http_port_file: None,
                 slots,
                 memory_limit_mb,
                 executor_id: Some(format!("embedded-{i}")),

@@ -14,6 +14,8 @@
 
 mod client;
 mod embedded;
+mod session;
 
-pub use client::{EmberClient, QueryResult};
+pub use client::{EmberClient, QueryResult, ScriptStatus};
 pub use embedded::EmbeddedCluster;
+pub use session::EmberSession;

@@ -9,8 +9,11 @@ pub mod job;
 pub mod meta;
 pub mod metrics;
 pub mod net;
+pub mod object_stores;
+pub mod ops;
 pub mod session;
 pub mod shuffle;
+pub mod write;
 
 pub use error::{EmberError, Result};
 pub use ids::{ExecutorId, JobId, StageId, TaskId};

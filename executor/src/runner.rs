@@ -179,7 +179,11 @@ impl TaskRunner {
         for (key, value) in &task.settings {
             config.options_mut().set(key, value)?;
         }
-        let config = config.with_extension(Arc::clone(&self.env));
+        let config = config
+            .with_extension(Arc::clone(&self.env))
+            .with_extension(Arc::new(ember_core::write::TaskAttempt(
+                task.task_id.attempt,
+            )));
         let ctx = TaskContext::new(
             Some(task.task_id.to_string()),
             self.base.session_id(),

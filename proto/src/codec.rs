@@ -20,6 +20,7 @@ use datafusion_proto::protobuf;
 use ember_core::shuffle::{
     ShuffleOutput, ShuffleReaderExec, ShuffleWriterExec, schema_from_bytes, schema_to_bytes,
 };
+use ember_core::write::StagedWriteExec;
 use prost::Message;
 
 use crate::convert::{locations_from_proto, locations_to_proto};
@@ -119,6 +120,16 @@ impl PhysicalExtensionCodec for EmberPhysicalCodec {
                     locations,
                 )))
             }
+            pb::ember_plan_node::Node::StagedWrite(w) => {
+                let [sink] = inputs else {
+                    return Err(wire_err("StagedWriteExec needs one input"));
+                };
+                Ok(Arc::new(StagedWriteExec::try_new(
+                    Arc::clone(sink),
+                    w.staging_root,
+                    (!w.single_file.is_empty()).then_some(w.single_file),
+                )?))
+            }
         }
     }
 
@@ -152,6 +163,11 @@ impl PhysicalExtensionCodec for EmberPhysicalCodec {
                     p @ Partitioning::Hash(..) => self.encode_partitioning(p, proto_converter)?,
                     _ => Bytes::new(),
                 },
+            })
+        } else if let Some(w) = node.downcast_ref::<StagedWriteExec>() {
+            pb::ember_plan_node::Node::StagedWrite(pb::StagedWriteNode {
+                staging_root: w.staging_root().to_string(),
+                single_file: w.single_file().unwrap_or_default().to_string(),
             })
         } else {
             return Err(DataFusionError::NotImplemented(format!(

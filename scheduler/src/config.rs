@@ -16,6 +16,18 @@ pub struct SchedulerConfig {
     )]
     pub bind: String,
 
+    /// Address of the HTTP endpoint (/healthz, /readyz, /metrics); `off` disables it.
+    #[arg(
+        long,
+        env = "EMBER_SCHEDULER_HTTP_BIND",
+        default_value = "127.0.0.1:9090"
+    )]
+    pub http_bind: String,
+
+    /// Write the HTTP endpoint's port to this file once it listens.
+    #[arg(long, env = "EMBER_SCHEDULER_HTTP_PORT_FILE")]
+    pub http_port_file: Option<PathBuf>,
+
     /// Address that executors and clients dial, when it differs from --bind (0.0.0.0, port 0).
     #[arg(long, env = "EMBER_SCHEDULER_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
@@ -51,14 +63,35 @@ pub struct SchedulerConfig {
     #[arg(long, env = "EMBER_CLUSTER_NAME", default_value = "default")]
     pub cluster_name: String,
 
+    /// Where Arrow Flight SQL clients read results: `proxy` streams them through the
+    /// scheduler's port (one published port serves clients outside the cluster); `direct`
+    /// points clients at the executors that hold them (for clients inside the cluster).
+    #[arg(
+        long,
+        env = "EMBER_FLIGHT_RESULTS",
+        value_enum,
+        default_value = "proxy"
+    )]
+    pub flight_results: crate::flight_sql::FlightResults,
+
+    /// Object stores (s3://) the scheduler lists and infers schemas from when planning.
+    #[command(flatten)]
+    pub object_store: ember_core::object_stores::ObjectStoreConfig,
+
     /// Seconds a leader may go unheard before a standby takes over.
     #[arg(long, env = "EMBER_LEADER_TTL_SECS", default_value_t = 10)]
     pub leader_ttl_secs: u64,
 }
 
+/// The defaults (and `EMBER_*` variables) for a scheduler embedded in another program: as on
+/// the command line, but without the HTTP endpoint unless `EMBER_SCHEDULER_HTTP_BIND` asks.
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        SchedulerConfig::parse_from(["scheduler"])
+        let mut config = SchedulerConfig::parse_from(["scheduler"]);
+        if std::env::var_os("EMBER_SCHEDULER_HTTP_BIND").is_none() {
+            config.http_bind = "off".into();
+        }
+        config
     }
 }
 

@@ -21,7 +21,7 @@ use ember_proto::pb;
 use prost::Message;
 
 use crate::planner::{StageGraph, StagePlan};
-use crate::state::{Job, StageState, TaskState};
+use crate::state::{Job, StageState, TaskState, WriteSpec};
 
 pub fn unix_ms() -> u64 {
     SystemTime::now()
@@ -63,6 +63,25 @@ pub fn job_record(job: &Job) -> pb::JobRecord {
             None => 0,
         },
         max_task_attempts: job.max_task_attempts,
+        write: job.write.as_ref().map(write_spec_to_proto),
+    }
+}
+
+pub fn write_spec_to_proto(w: &WriteSpec) -> pb::WriteSpec {
+    pb::WriteSpec {
+        target: w.target.clone(),
+        staging_root: w.staging_root.clone(),
+        stage: w.stage,
+        single_file: w.single_file.clone().unwrap_or_default(),
+    }
+}
+
+pub fn write_spec_from_proto(w: pb::WriteSpec) -> WriteSpec {
+    WriteSpec {
+        target: w.target,
+        staging_root: w.staging_root,
+        stage: w.stage,
+        single_file: (!w.single_file.is_empty()).then_some(w.single_file),
     }
 }
 
@@ -73,9 +92,11 @@ pub fn stage_output_record(job: &Job, stage: StageId) -> Option<pb::StageOutputR
             executor,
             address,
             stats,
+            attempt,
         } => Some(pb::TaskOutputRecord {
             executor_id: executor.to_string(),
             address: address.clone(),
+            attempt: *attempt,
             partitions: stats
                 .iter()
                 .map(|s| pb::PartitionStats {
@@ -97,6 +118,8 @@ pub enum Record {
     Job(JobId, Bytes),
     StageOutput(JobId, StageId, Bytes),
     Remove(JobId),
+    /// A write's commit finished (or its cleanup did): forget its record.
+    WriteDone(JobId),
 }
 
 impl Record {
@@ -111,6 +134,7 @@ impl Record {
                 Op::put(keys.stage_output(id.as_str(), *stage), bytes.clone())
             }
             Record::Remove(id) => Op::DeletePrefix(keys.job_prefix(id.as_str())),
+            Record::WriteDone(id) => Op::Delete(keys.write(id.as_str())),
         }
     }
 }
@@ -225,6 +249,9 @@ async fn restore_job(
     let mut job = Job::new(id, graph, settings, now_ms.saturating_sub(age));
     job.submitted_unix_ms = record.submitted_unix_ms;
     job.max_task_attempts = record.max_task_attempts.max(1);
+    job.write = record.write.clone().map(write_spec_from_proto);
+    // A write job is recorded as succeeded only once its commit is done.
+    job.committed = state == JobState::Succeeded;
     for s in &record.stages {
         if let Some(stage) = job.stages.get_mut(&s.stage_id) {
             stage.plan_chunks = s.plan_chunks;
@@ -251,6 +278,7 @@ async fn restore_job(
                     executor,
                     address: task.address,
                     stats,
+                    attempt: task.attempt,
                 },
             );
         }

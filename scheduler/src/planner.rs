@@ -341,7 +341,7 @@ impl StageCutter {
     }
 }
 
-fn with_children(
+pub(crate) fn with_children(
     plan: Arc<dyn ExecutionPlan>,
     children: Vec<Arc<dyn ExecutionPlan>>,
 ) -> Result<Arc<dyn ExecutionPlan>> {

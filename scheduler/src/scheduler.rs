@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datafusion::logical_expr::LogicalPlan;
+use datafusion::common::ScalarValue;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_core::job::{
@@ -27,6 +28,7 @@ use tracing::{info, warn};
 
 use ember_core::meta::{Keys, MetaStore, put_chunked};
 
+use crate::catalog;
 use crate::cluster::{Cluster, ExecutorMembership};
 use crate::config::SchedulerConfig;
 use crate::durable::{Record, fence, restore_jobs, stage_output_record, unix_ms};
@@ -49,6 +51,11 @@ pub enum Role {
 #[derive(Debug, Clone)]
 pub enum Query {
     Sql(String),
+    /// A statement with positional placeholders (`$1`, `$2`, ...) and their values.
+    Prepared {
+        sql: String,
+        params: Vec<ScalarValue>,
+    },
     /// A DataFusion logical plan encoded with datafusion-proto.
     LogicalPlan(Bytes),
 }
@@ -56,7 +63,7 @@ pub enum Query {
 /// A result computed on the scheduler itself (metadata statements, EXPLAIN, queries without
 /// table files).
 #[derive(Debug)]
-struct InlineJob {
+pub(crate) struct InlineJob {
     schema: Bytes,
     result: Bytes,
     elapsed_ms: u64,
@@ -64,17 +71,17 @@ struct InlineJob {
 }
 
 #[derive(Debug)]
-enum JobEntry {
+pub(crate) enum JobEntry {
     Distributed(Job),
     Inline(InlineJob),
 }
 
 #[derive(Debug, Default)]
-struct Inner {
-    jobs: BTreeMap<JobId, JobEntry>,
+pub(crate) struct Inner {
+    pub(crate) jobs: BTreeMap<JobId, JobEntry>,
     /// Distributed jobs not yet finished, in submission order.
-    active: Vec<JobId>,
-    cluster: Cluster,
+    pub(crate) active: Vec<JobId>,
+    pub(crate) cluster: Cluster,
     /// Since when jobs have been waiting with no executor registered at all.
     no_executors_since: Option<u64>,
 }
@@ -88,12 +95,31 @@ pub struct Launch {
 
 /// Work to do after the lock is released.
 #[derive(Default)]
-struct Effects {
+pub(crate) struct Effects {
     launches: Vec<Launch>,
-    cancels: Vec<(ExecutorId, TaskId)>,
+    pub(crate) cancels: Vec<(ExecutorId, TaskId)>,
     remove_data: Vec<JobId>,
     /// Facts to record in the metadata store (in order).
-    records: Vec<Record>,
+    pub(crate) records: Vec<Record>,
+    /// Write jobs whose stages are all done: commit their files.
+    commits: Vec<JobId>,
+    /// Staging prefixes of writes that failed or were cancelled: delete them.
+    pub(crate) cleanups: Vec<String>,
+}
+
+/// Records a job that ended. A write job whose stages all succeeded is committed first (its
+/// record is written once the commit is done); a write that ended otherwise is cleaned up.
+fn record_finished(job: &Job, effects: &mut Effects) {
+    match &job.write {
+        Some(_) if job.state == JobState::Succeeded && !job.committed => {
+            effects.commits.push(job.id.clone());
+        }
+        Some(write) if job.state != JobState::Succeeded => {
+            effects.records.push(Record::job(job));
+            effects.cleanups.push(write.staging_root.clone());
+        }
+        _ => effects.records.push(Record::job(job)),
+    }
 }
 
 pub struct Scheduler {
@@ -105,14 +131,17 @@ pub struct Scheduler {
     role: watch::Sender<Role>,
     journal: tokio::sync::mpsc::UnboundedSender<(i64, Record)>,
     journal_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<(i64, Record)>>>,
-    ctx: SessionContext,
-    inner: Mutex<Inner>,
+    pub(crate) ctx: SessionContext,
+    pub(crate) inner: Mutex<Inner>,
     changes: watch::Sender<u64>,
     clients: ExecutorClients,
     tasks: TaskTracker,
     shutdown: CancellationToken,
     started: Instant,
     rows_scanned: AtomicU64,
+    pub(crate) scripts: crate::scripts::Scripts,
+    /// Write jobs whose commit this leader runs (so that none is committed twice).
+    pub(crate) committing: Mutex<std::collections::HashSet<JobId>>,
     me: Weak<Scheduler>,
 }
 
@@ -125,6 +154,17 @@ impl std::fmt::Debug for Scheduler {
 impl Scheduler {
     pub fn new(config: SchedulerConfig, store: Arc<dyn MetaStore>) -> Arc<Self> {
         let session = distributed_session_config(SessionConfig::new());
+        // No cached file listings: files a write commits (or anyone adds) show at once.
+        let caches = datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+            .with_list_files_cache(None)
+            .with_list_files_cache_limit(0);
+        let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
+            .with_object_store_registry(ember_core::object_stores::EmberObjectStores::new(
+                config.object_store.clone(),
+            ))
+            .with_cache_manager(caches)
+            .build_arc()
+            .expect("a runtime without limits builds");
         let (journal, journal_rx) = tokio::sync::mpsc::unbounded_channel();
         Arc::new_cyclic(|me| Scheduler {
             keys: Keys::new(&config.cluster_name),
@@ -134,7 +174,7 @@ impl Scheduler {
             role: watch::channel(Role::Starting).0,
             journal,
             journal_rx: Mutex::new(Some(journal_rx)),
-            ctx: SessionContext::new_with_config(session),
+            ctx: SessionContext::new_with_config_rt(session, runtime),
             inner: Mutex::new(Inner::default()),
             changes: watch::channel(0).0,
             clients: ExecutorClients::default(),
@@ -142,15 +182,18 @@ impl Scheduler {
             shutdown: CancellationToken::new(),
             started: Instant::now(),
             rows_scanned: AtomicU64::new(0),
+            scripts: Default::default(),
+            committing: Default::default(),
             me: me.clone(),
         })
     }
 
-    fn now_ms(&self) -> u64 {
+    /// Milliseconds since this scheduler started (the clock of job times).
+    pub(crate) fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
-    fn notify(&self) {
+    pub(crate) fn notify(&self) {
         self.changes.send_modify(|v| *v += 1);
     }
 
@@ -170,7 +213,7 @@ impl Scheduler {
         });
     }
 
-    fn fence(&self) -> Option<i64> {
+    pub(crate) fn fence(&self) -> Option<i64> {
         match *self.role.borrow() {
             Role::Leader { fence } => Some(fence),
             _ => None,
@@ -228,8 +271,17 @@ impl Scheduler {
         query: Query,
         settings: Vec<(String, String)>,
     ) -> Result<JobId> {
+        self.submit_as(JobId::new_random(), query, settings).await
+    }
+
+    /// Like [`submit`](Self::submit), under an id chosen (and recorded) beforehand.
+    pub(crate) async fn submit_as(
+        self: &Arc<Self>,
+        job_id: JobId,
+        query: Query,
+        settings: Vec<(String, String)>,
+    ) -> Result<JobId> {
         let start = Instant::now();
-        let job_id = JobId::new_random();
         let partitions = self.shuffle_partitions();
         let mut state = self.ctx.state();
         {
@@ -242,17 +294,31 @@ impl Scheduler {
             }
         }
         let ctx = SessionContext::new_with_state(state);
-        let df = match query {
-            Query::Sql(sql) => ctx.sql(&sql).await?,
+        // SQL (prepared or not: JDBC prepares every statement) may be DDL, which the catalog
+        // keeps; a plan built elsewhere may not.
+        let plan = match query {
+            Query::Sql(sql) => self.plan_sql(&ctx, &sql, None).await?,
+            Query::Prepared { sql, params } => self.plan_sql(&ctx, &sql, Some(params)).await?,
             Query::LogicalPlan(bytes) => {
                 let plan =
                     datafusion_proto::bytes::logical_plan_from_bytes(&bytes, &ctx.task_ctx())
                         .map_err(|e| {
                             EmberError::User(format!("cannot decode logical plan: {e}"))
                         })?;
-                ctx.execute_logical_plan(plan).await?
+                if let LogicalPlan::Ddl(_) = &plan {
+                    return Err(EmberError::User(
+                        "send DDL statements as SQL, so that the catalog can keep them".into(),
+                    ));
+                }
+                Some(plan)
             }
         };
+        let Some(plan) = plan else {
+            // DDL, run and recorded.
+            self.finish_inline(job_id.clone(), &Schema::empty(), &[], start)?;
+            return Ok(job_id);
+        };
+        let df = ctx.execute_logical_plan(plan).await?;
         let logical = df.logical_plan().clone();
         if let LogicalPlan::Analyze(_) = logical {
             return Err(EmberError::User(
@@ -261,13 +327,23 @@ impl Scheduler {
         }
         if let LogicalPlan::Explain(explain) = &logical {
             let inner = ctx.state().create_physical_plan(&explain.plan).await?;
+            // A write shows as it runs: staged, in parallel.
+            let inner = match crate::writes::plan_write(&job_id, &inner)? {
+                Some(write) => write.plan,
+                None => inner,
+            };
             let graph = plan_stages(job_id.as_str(), Arc::clone(&inner))?;
             let batch = explain_batch(&explain.plan, &inner, &graph)?;
             self.finish_inline(job_id.clone(), batch.schema().as_ref(), &[batch], start)?;
             return Ok(job_id);
         }
         let physical = df.create_physical_plan().await?;
-        if !reads_files(&physical) {
+        let write = crate::writes::plan_write(&job_id, &physical)?;
+        let physical = match &write {
+            Some(w) => Arc::clone(&w.plan),
+            None => physical,
+        };
+        if write.is_none() && !reads_files(&physical) {
             let batches = collect(Arc::clone(&physical), ctx.task_ctx()).await?;
             self.rows_scanned
                 .fetch_add(file_rows_scanned(&physical), Ordering::Relaxed);
@@ -287,7 +363,20 @@ impl Scheduler {
             })
             .collect::<Result<Vec<_>>>()?;
         let task_settings = task_settings(&ctx, settings);
+        let write_stage = graph
+            .stages
+            .values()
+            .find(|s| crate::writes::contains_staged_write(&s.plan))
+            .map(|s| s.stage_id);
         let mut job = Job::new(job_id.clone(), graph, task_settings, self.now_ms());
+        if let (Some(w), Some(stage)) = (write, write_stage) {
+            job.write = Some(crate::state::WriteSpec {
+                target: w.target,
+                staging_root: w.staging_root,
+                stage,
+                single_file: w.single_file,
+            });
+        }
         job.max_task_attempts = self.config.max_task_attempts;
         job.submitted_unix_ms = unix_ms();
         let fence = self.record_job(&mut job, plans).await?;
@@ -343,6 +432,84 @@ impl Scheduler {
             return Err(not_leader());
         }
         Ok(fence)
+    }
+
+    /// Plans a SQL statement, binding `params` when given. DDL is run here (and kept in the
+    /// catalog): `None` then.
+    async fn plan_sql(
+        &self,
+        ctx: &SessionContext,
+        sql: &str,
+        params: Option<Vec<ScalarValue>>,
+    ) -> Result<Option<LogicalPlan>> {
+        let plan = ctx.state().create_logical_plan(sql).await?;
+        if let LogicalPlan::Ddl(_) = &plan {
+            self.run_ddl(ctx, plan, sql).await?;
+            return Ok(None);
+        }
+        Ok(Some(match params {
+            Some(params) => bind_parameters(plan, params)?,
+            None => plan,
+        }))
+    }
+
+    /// Runs a DDL statement and keeps what it changed in the shared catalog. A statement the
+    /// store cannot record is undone, so that no scheduler serves a table the next would not.
+    async fn run_ddl(&self, ctx: &SessionContext, plan: LogicalPlan, sql: &str) -> Result<()> {
+        let fence = self.fence().ok_or_else(not_leader)?;
+        let change = catalog::change_for(&self.keys, ctx, &plan);
+        let undo = match &plan {
+            LogicalPlan::Ddl(DdlStatement::CreateExternalTable(c)) => Some(c.name.clone()),
+            LogicalPlan::Ddl(DdlStatement::CreateView(c)) => Some(c.name.clone()),
+            _ => None,
+        };
+        ctx.execute_logical_plan(plan).await?;
+        let guard = crate::durable::fence(&self.keys, fence);
+        match catalog::record(self.store.as_ref(), guard, &change, sql).await {
+            Ok(true) => Ok(()),
+            failed => {
+                if let (catalog::CatalogChange::Put(_), Some(name)) = (&change, undo) {
+                    let _ = ctx.deregister_table(name);
+                }
+                match failed {
+                    Err(e) => Err(EmberError::Unavailable(format!(
+                        "cannot record the statement in the catalog: {e}"
+                    ))),
+                    _ => Err(not_leader()),
+                }
+            }
+        }
+    }
+
+    /// Plans a statement without running it: the schema of its result, and of its parameters
+    /// (`$1`, `$2`, ... as fields in order; a type not inferable from the query is `Null`).
+    pub async fn prepare(&self, sql: &str) -> Result<(Schema, Schema)> {
+        let plan = self.ctx.state().create_logical_plan(sql).await?;
+        let result = plan.schema().as_arrow().clone();
+        let types = plan.get_parameter_types()?;
+        let mut params: Vec<(usize, DataType)> = Vec::new();
+        for (name, data_type) in types {
+            let index = name
+                .strip_prefix('$')
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    EmberError::User(format!(
+                        "placeholder {name}: use positional parameters ($1, $2, ... or ?)"
+                    ))
+                })?;
+            params.push((index, data_type.unwrap_or(DataType::Null)));
+        }
+        params.sort_by_key(|(i, _)| *i);
+        let fields: Vec<Field> = params
+            .into_iter()
+            .map(|(i, t)| Field::new(format!("${i}"), t, true))
+            .collect();
+        Ok((result, Schema::new(fields)))
+    }
+
+    /// The session every statement plans in: its catalog is the cluster's tables.
+    pub fn session(&self) -> &SessionContext {
+        &self.ctx
     }
 
     fn shuffle_partitions(&self) -> usize {
@@ -424,7 +591,7 @@ impl Scheduler {
             },
             JobEntry::Distributed(job) => JobStatus {
                 job_id: job_id.clone(),
-                state: job.state,
+                state: job.visible_state(),
                 error: job.error.clone(),
                 stages_total: job.stages.len() as u32,
                 stages_completed: job.stages_completed(),
@@ -432,7 +599,7 @@ impl Scheduler {
                 tasks_completed: job.tasks_completed(),
                 elapsed_ms: job.finished_ms.unwrap_or_else(|| self.now_ms()) - job.submitted_ms,
                 result_schema: schema_to_bytes(&job.schema),
-                result_partitions: if job.state == JobState::Succeeded {
+                result_partitions: if job.visible_state() == JobState::Succeeded {
                     job.output_locations(job.final_stage).unwrap_or_default()
                 } else {
                     Vec::new()
@@ -460,17 +627,16 @@ impl Scheduler {
                 return Ok(false);
             }
             let running = job.cancel(now);
-            let record = Record::job(job);
+            let mut effects = Effects {
+                remove_data: vec![job_id.clone()],
+                ..Default::default()
+            };
+            record_finished(job, &mut effects);
             for (executor, _) in &running {
                 inner.cluster.release_slot(executor);
             }
+            effects.cancels = running;
             inner.active.retain(|j| j != job_id);
-            let mut effects = Effects {
-                cancels: running,
-                remove_data: vec![job_id.clone()],
-                records: vec![record],
-                ..Default::default()
-            };
             self.assign(&mut inner, &mut effects);
             effects
         };
@@ -541,6 +707,50 @@ impl Scheduler {
         self.rows_scanned.load(Ordering::Relaxed)
     }
 
+    /// What the HTTP endpoint exposes: leadership, executors and slots, jobs by state.
+    pub fn metrics(&self) -> Vec<ember_core::ops::Metric> {
+        use ember_core::ops::Metric;
+        let leader = matches!(self.role(), Role::Leader { .. });
+        let mut out = vec![
+            Metric::gauge(
+                "ember_scheduler_leader",
+                "1 when this scheduler leads the cluster.",
+                if leader { 1.0 } else { 0.0 },
+            ),
+            Metric::counter(
+                "ember_scheduler_rows_scanned_total",
+                "Rows this scheduler scanned itself (queries answered without executors).",
+                self.rows_scanned(),
+            ),
+        ];
+        let inner = self.inner.lock();
+        out.push(Metric::gauge(
+            "ember_executors",
+            "Executors registered with this leader.",
+            inner.cluster.ids().len() as f64,
+        ));
+        out.push(Metric::gauge(
+            "ember_task_slots",
+            "Task slots of the registered executors.",
+            inner.cluster.total_slots() as f64,
+        ));
+        let mut by_state: BTreeMap<&'static str, usize> = BTreeMap::new();
+        for entry in inner.jobs.values() {
+            let state = match entry {
+                JobEntry::Inline(_) => JobState::Succeeded,
+                JobEntry::Distributed(job) => job.visible_state(),
+            };
+            *by_state.entry(state.name()).or_default() += 1;
+        }
+        for (state, n) in by_state {
+            out.push(
+                Metric::gauge("ember_jobs", "Jobs this leader knows, by state.", n as f64)
+                    .with_label("state", state),
+            );
+        }
+        out
+    }
+
     pub fn update_task_statuses(&self, statuses: Vec<TaskStatus>) {
         let now = self.now_ms();
         let effects = {
@@ -604,7 +814,7 @@ impl Scheduler {
                     .push(Record::StageOutput(job.id.clone(), stage, bytes));
             }
             if job.state.is_terminal() {
-                effects.records.push(Record::job(job));
+                record_finished(job, effects);
             }
         }
         match event {
@@ -702,6 +912,7 @@ impl Scheduler {
             }
             effects
         };
+        self.expire_scripts(ttl);
         let changed = !effects.remove_data.is_empty()
             || !effects.launches.is_empty()
             || !effects.records.is_empty();
@@ -735,7 +946,7 @@ impl Scheduler {
         for job_id in inner.active.clone() {
             if let Some(JobEntry::Distributed(job)) = inner.jobs.get_mut(&job_id) {
                 job.fail(message.clone(), now);
-                effects.records.push(Record::job(job));
+                record_finished(job, effects);
             }
             warn!(job_id = %job_id, %message, "job failed");
             self.finish_failed(inner, &job_id, effects);
@@ -771,7 +982,7 @@ impl Scheduler {
             }
             JobState::Succeeded => {
                 job.finished_ms.get_or_insert(now);
-                effects.records.push(Record::job(job));
+                record_finished(job, effects);
                 inner.active.retain(|j| j != job_id);
             }
             _ => {}
@@ -799,7 +1010,15 @@ impl Scheduler {
     }
 
     /// Performs effects: RPCs run as tracked tasks, never under the lock.
-    fn apply(&self, effects: Effects) {
+    pub(crate) fn apply(&self, effects: Effects) {
+        if let Some(this) = self.self_ref() {
+            for job_id in effects.commits {
+                self.spawn(Arc::clone(&this).commit_write(job_id));
+            }
+            for staging_root in effects.cleanups {
+                self.spawn(Arc::clone(&this).clean_write(staging_root));
+            }
+        }
         if !effects.records.is_empty() {
             match self.fence() {
                 Some(fence) => {
@@ -923,6 +1142,7 @@ impl Scheduler {
         if let Some(executors) = &executors {
             self.sync_executors(executors);
         }
+        catalog::restore(self.store.as_ref(), &self.keys, &self.ctx).await?;
         let alive: std::collections::HashSet<ExecutorId> =
             self.inner.lock().cluster.ids().into_iter().collect();
         let jobs = restore_jobs(
@@ -966,7 +1186,8 @@ impl Scheduler {
         };
         self.apply(effects);
         self.notify();
-        Ok(())
+        self.resume_writes(fence).await?;
+        self.restore_scripts(fence).await
     }
 
     /// Leadership `fence` ended: forget the jobs (the next leader continues them from their
@@ -981,6 +1202,7 @@ impl Scheduler {
             warn!("stepping down as leader");
         }
         self.set_role(Role::Starting);
+        self.committing.lock().clear();
         let mut inner = self.inner.lock();
         inner.jobs.retain(|_, e| matches!(e, JobEntry::Inline(_)));
         inner.active.clear();
@@ -1060,7 +1282,7 @@ impl Scheduler {
         inner.cluster.set_draining(&spec.id, draining);
     }
 
-    fn self_ref(&self) -> Option<Arc<Scheduler>> {
+    pub(crate) fn self_ref(&self) -> Option<Arc<Scheduler>> {
         self.me.upgrade()
     }
 }
@@ -1094,7 +1316,43 @@ pub fn assign_tasks(cluster: &mut Cluster, job: &mut Job) -> (Vec<Launch>, bool)
     (launches, false)
 }
 
-fn not_leader() -> EmberError {
+/// Puts `params` in for the plan's placeholders `$1`, `$2`, ..., checking their number and
+/// types: a value of another numeric type is cast when it fits, anything else is refused.
+fn bind_parameters(plan: LogicalPlan, params: Vec<ScalarValue>) -> Result<LogicalPlan> {
+    let types = plan.get_parameter_types()?;
+    if types.len() != params.len() {
+        return Err(EmberError::User(format!(
+            "the statement has {} parameter(s) but {} value(s) were bound",
+            types.len(),
+            params.len()
+        )));
+    }
+    let mut bound = Vec::with_capacity(params.len());
+    for (i, value) in params.into_iter().enumerate() {
+        let name = format!("${}", i + 1);
+        let expected = types
+            .get(&name)
+            .ok_or_else(|| EmberError::User(format!("the statement has no parameter {name}")))?;
+        let value = match expected {
+            Some(t) if *t != value.data_type() && !value.is_null() => {
+                let compatible = (t.is_numeric() && value.data_type().is_numeric())
+                    || (t.is_temporal() && value.data_type().is_temporal());
+                let cast = compatible.then(|| value.cast_to(t).ok()).flatten();
+                cast.ok_or_else(|| {
+                    EmberError::User(format!(
+                        "parameter {name} must be of type {t}, but a value of type {} was bound ({value})",
+                        value.data_type()
+                    ))
+                })?
+            }
+            _ => value,
+        };
+        bound.push(value);
+    }
+    Ok(plan.with_param_values(bound)?)
+}
+
+pub(crate) fn not_leader() -> EmberError {
     EmberError::Unavailable("this scheduler is not the leader (any more); retry".into())
 }
 

@@ -12,14 +12,18 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::SchedulerConfig;
+use crate::flight_sql::FlightSqlFront;
 use crate::scheduler::{Role, Scheduler};
 use crate::service::SchedulerGrpc;
+use arrow_flight::flight_service_server::FlightServiceServer;
 
 /// A running scheduler; dropping it does not stop it, `shutdown` does.
 pub struct SchedulerHandle {
     pub scheduler: Arc<Scheduler>,
     /// The address the server listens on.
     pub local_addr: SocketAddr,
+    /// The HTTP endpoint (/healthz, /readyz, /metrics), unless disabled.
+    pub http: Option<ember_core::ops::OpsServer>,
     shutdown: CancellationToken,
     server: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
 }
@@ -30,6 +34,9 @@ impl SchedulerHandle {
     pub async fn shutdown(self) -> Result<()> {
         self.scheduler.shutdown().await;
         self.shutdown.cancel();
+        if let Some(http) = self.http {
+            http.shutdown().await;
+        }
         let mut server = self.server;
         match tokio::time::timeout(Duration::from_secs(5), &mut server).await {
             Ok(joined) => joined
@@ -72,6 +79,12 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
     let service = SchedulerServiceServer::new(SchedulerGrpc::new(Arc::clone(&scheduler)))
         .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
+    let flight = FlightServiceServer::new(FlightSqlFront::new(
+        Arc::clone(&scheduler),
+        scheduler.config.flight_results,
+    ))
+    .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
+    .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let incoming = ember_core::net::incoming(listener);
@@ -79,13 +92,48 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(service)
+            .add_service(flight)
             .serve_with_incoming_shutdown(incoming, token.cancelled_owned()),
     );
     tracing::info!(%local_addr, "scheduler listening");
+    let http = match config_http(&scheduler) {
+        Some(bind) => {
+            let ops: Arc<dyn ember_core::ops::Ops> = Arc::new(SchedulerOps(Arc::clone(&scheduler)));
+            let server = ember_core::ops::serve(&bind, ops).await?;
+            if let Some(path) = &scheduler.config.http_port_file {
+                std::fs::write(path, server.local_addr.port().to_string())?;
+            }
+            Some(server)
+        }
+        None => None,
+    };
     Ok(SchedulerHandle {
         scheduler,
         local_addr,
+        http,
         shutdown,
         server,
     })
+}
+
+fn config_http(scheduler: &Scheduler) -> Option<String> {
+    let bind = scheduler.config.http_bind.trim();
+    (!bind.is_empty() && bind != "off").then(|| bind.to_string())
+}
+
+/// What the scheduler's HTTP endpoint reports.
+struct SchedulerOps(Arc<Scheduler>);
+
+impl ember_core::ops::Ops for SchedulerOps {
+    fn ready(&self) -> std::result::Result<(), String> {
+        match self.0.role() {
+            Role::Leader { .. } | Role::Standby { leader: Some(_) } => Ok(()),
+            Role::Standby { leader: None } => Err("no leader is known yet".into()),
+            Role::Starting => Err("electing a leader or taking over".into()),
+        }
+    }
+
+    fn metrics(&self) -> Vec<ember_core::ops::Metric> {
+        self.0.metrics()
+    }
 }

@@ -38,22 +38,30 @@ impl SchedulerGrpc {
     /// Where a request goes: `None` to this scheduler (it leads), or a client of the leader
     /// (this one stands by: it forwards, since some clients cannot follow a redirect).
     fn route(&self) -> Result<Option<SchedulerServiceClient<Channel>>, Status> {
-        match self.scheduler.role() {
-            Role::Leader { .. } => Ok(None),
-            Role::Standby {
-                leader: Some(address),
-            } => {
-                let channel = self.channels.get(&address).map_err(err)?;
-                Ok(Some(
-                    SchedulerServiceClient::new(channel)
-                        .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
-                        .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES),
-                ))
-            }
-            _ => Err(Status::unavailable(
-                "no scheduler leads the cluster at the moment (an election is under way); retry",
-            )),
-        }
+        Ok(
+            leader_channel(&self.scheduler, &self.channels)?.map(|channel| {
+                SchedulerServiceClient::new(channel)
+                    .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
+                    .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
+            }),
+        )
+    }
+}
+
+/// `None` when `scheduler` leads; a channel to the leader when it stands by; "unavailable,
+/// retry" while no leader is known.
+pub(crate) fn leader_channel(
+    scheduler: &Scheduler,
+    channels: &Channels,
+) -> Result<Option<Channel>, Status> {
+    match scheduler.role() {
+        Role::Leader { .. } => Ok(None),
+        Role::Standby {
+            leader: Some(address),
+        } => Ok(Some(channels.get(&address).map_err(err)?)),
+        _ => Err(Status::unavailable(
+            "no scheduler leads the cluster at the moment (an election is under way); retry",
+        )),
     }
 }
 
@@ -135,6 +143,9 @@ impl SchedulerService for SchedulerGrpc {
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         forward!(self, request, cancel_job);
         let id = job_id(request.into_inner().job_id)?;
+        if let Some(cancelled) = self.scheduler.cancel_script(id.as_str()) {
+            return Ok(Response::new(pb::CancelJobResponse { cancelled }));
+        }
         let cancelled = self.scheduler.cancel(&id).map_err(err)?;
         Ok(Response::new(pb::CancelJobResponse { cancelled }))
     }
@@ -192,6 +203,35 @@ impl SchedulerService for SchedulerGrpc {
             .map_err(err)?;
         self.scheduler.update_task_statuses(statuses);
         Ok(Response::new(pb::UpdateTaskStatusResponse {}))
+    }
+
+    async fn submit_script(
+        &self,
+        request: Request<pb::SubmitScriptRequest>,
+    ) -> Result<Response<pb::SubmitScriptResponse>, Status> {
+        forward!(self, request, submit_script);
+        let req = request.into_inner();
+        let mut settings: Vec<_> = req.settings.into_iter().collect();
+        settings.sort();
+        let id = self
+            .scheduler
+            .submit_script(req.name, req.statements, settings)
+            .await
+            .map_err(err)?;
+        Ok(Response::new(pb::SubmitScriptResponse {
+            script_id: id.to_string(),
+        }))
+    }
+
+    async fn list_scripts(
+        &self,
+        request: Request<pb::ListScriptsRequest>,
+    ) -> Result<Response<pb::ListScriptsResponse>, Status> {
+        forward!(self, request, list_scripts);
+        let req = request.into_inner();
+        let filter = (!req.script_id.is_empty()).then_some(req.script_id.as_str());
+        let scripts = self.scheduler.scripts(filter).await.map_err(err)?;
+        Ok(Response::new(pb::ListScriptsResponse { scripts }))
     }
 
     async fn list_executors(

@@ -33,7 +33,19 @@ pub enum TaskState {
         executor: ExecutorId,
         address: String,
         stats: Vec<PartitionStats>,
+        /// The attempt that succeeded (a write stage commits that attempt's files).
+        attempt: u32,
     },
+}
+
+/// A job's staged write (`COPY` / `INSERT`): tasks of `stage` stage files under
+/// `staging_root`; the driver moves them to `target` once every stage is done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteSpec {
+    pub target: String,
+    pub staging_root: String,
+    pub stage: StageId,
+    pub single_file: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,6 +132,9 @@ pub struct Job {
     pub attempt_base: u32,
     /// Running tasks the job gave up on; the driver cancels them on their executors.
     cancels: Vec<(ExecutorId, TaskId)>,
+    /// Set for `COPY` / `INSERT`: the job succeeds for clients only once `committed`.
+    pub write: Option<WriteSpec>,
+    pub committed: bool,
 }
 
 impl Job {
@@ -160,6 +175,8 @@ impl Job {
             max_task_attempts: DEFAULT_MAX_TASK_ATTEMPTS,
             attempt_base: 0,
             cancels: Vec::new(),
+            write: None,
+            committed: false,
         }
     }
 
@@ -256,6 +273,35 @@ impl Job {
         }
     }
 
+    /// The staging directories of the write stage's successful attempts (what a commit
+    /// moves); `None` unless the job writes and that stage is complete.
+    pub fn staged_dirs(&self) -> Option<Vec<String>> {
+        let write = self.write.as_ref()?;
+        let stage = self.stages.get(&write.stage)?;
+        stage
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(p, t)| match t {
+                TaskState::Done { attempt, .. } => Some(ember_core::write::staged_dir(
+                    &write.staging_root,
+                    p,
+                    *attempt,
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether clients see the job as succeeded: all stages done, and its write committed.
+    pub fn visible_state(&self) -> JobState {
+        if self.state == JobState::Succeeded && self.write.is_some() && !self.committed {
+            JobState::Running
+        } else {
+            self.state
+        }
+    }
+
     fn all_complete(&self) -> bool {
         self.stages
             .values()
@@ -274,6 +320,7 @@ impl Job {
                 executor,
                 address,
                 stats,
+                ..
             } = task
             else {
                 return None;
@@ -417,6 +464,7 @@ impl Job {
                     executor: status.executor_id.clone(),
                     address: address.to_string(),
                     stats: partitions.clone(),
+                    attempt: id.attempt,
                 };
                 self.rows_scanned += rows_scanned;
                 if stage.state != StageState::Running

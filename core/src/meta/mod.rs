@@ -158,6 +158,39 @@ impl Keys {
     pub fn stage_output(&self, job: &str, stage: u32) -> String {
         format!("{}/jobs/{job}/out/{stage}", self.root)
     }
+
+    pub fn writes(&self) -> String {
+        format!("{}/writes/", self.root)
+    }
+
+    pub fn write(&self, job: &str) -> String {
+        format!("{}/writes/{job}", self.root)
+    }
+
+    pub fn scripts(&self) -> String {
+        format!("{}/scripts/", self.root)
+    }
+
+    pub fn script(&self, id: &str) -> String {
+        format!("{}/scripts/{id}", self.root)
+    }
+
+    /// The shared catalog: one key per schema and per table or view.
+    pub fn catalog(&self) -> String {
+        format!("{}/catalog/", self.root)
+    }
+
+    /// A catalog entry; `path` is its name's parts (catalog, schema[, table]), each escaped
+    /// so that no part can reach into another's keys.
+    pub fn catalog_entry(&self, kind: &str, path: &[&str]) -> String {
+        let parts: Vec<String> = path.iter().map(|p| escape_key_part(p)).collect();
+        format!("{}/catalog/{kind}/{}", self.root, parts.join("/"))
+    }
+}
+
+/// `/` and `%` percent-encoded, so any name is one key segment.
+fn escape_key_part(part: &str) -> String {
+    part.replace('%', "%25").replace('/', "%2F")
 }
 
 /// Writes a value that may exceed [`MAX_VALUE_BYTES`] as `key/00000`, `key/00001`, …, each

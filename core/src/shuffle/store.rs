@@ -195,6 +195,16 @@ impl MapOutputWriter {
     ) -> Result<Self> {
         let compression = config.compression.then_some(CompressionType::LZ4_FRAME);
         let options = IpcWriteOptions::default().try_with_compression(compression)?;
+        let generator = IpcDataGenerator::default();
+        // Encoding the schema assigns each dictionary field its id, as the reader (which gets
+        // the schema first) numbers them; batches with dictionaries need those ids.
+        let trackers = (0..partitions)
+            .map(|_| {
+                let mut tracker = DictionaryTracker::new(false);
+                generator.schema_to_bytes_with_dictionary_tracker(&schema, &mut tracker, &options);
+                tracker
+            })
+            .collect();
         Ok(Self {
             schema,
             path,
@@ -206,10 +216,8 @@ impl MapOutputWriter {
             buffered: 0,
             budget: config.memory_budget,
             reservation: None,
-            generator: IpcDataGenerator::default(),
-            trackers: (0..partitions)
-                .map(|_| DictionaryTracker::new(false))
-                .collect(),
+            generator,
+            trackers,
             context: IpcWriteContext::default(),
             options,
         })

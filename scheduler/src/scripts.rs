@@ -1,0 +1,422 @@
+//! Batch jobs: a script of statements (DDL, queries, writes) the leader runs in order, each as
+//! an ordinary job, whether or not the client that submitted it is still there.
+//!
+//! A script's record (`{root}/scripts/{id}`) holds its statements and how far it got: the
+//! statements done, and the job of the one running. It is written before the submission is
+//! acknowledged and after every step, under the leader's fence. A new leader picks every
+//! unfinished script up where its record says: it waits for the recorded job when that job
+//! was restored (it continues too), and runs the statement again otherwise.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ember_core::job::{JobState, JobStatus};
+use ember_core::meta::Op;
+use ember_core::shuffle::batches_from_ipc_stream;
+use ember_core::{EmberError, JobId, Result};
+use ember_proto::pb;
+use parking_lot::Mutex;
+use prost::Message;
+use tracing::{info, warn};
+
+use crate::durable::unix_ms;
+use crate::scheduler::{Query, Scheduler};
+
+/// The scripts this scheduler runs (as leader), by id.
+#[derive(Debug, Default)]
+pub struct Scripts {
+    records: Mutex<BTreeMap<String, pb::ScriptRecord>>,
+    /// Saves one at a time, each writing the record as it is then: a later save never writes
+    /// an older state (a cancel is not undone by a step recorded concurrently).
+    saving: tokio::sync::Mutex<()>,
+}
+
+fn terminal(state: i32) -> bool {
+    matches!(
+        pb::JobState::try_from(state),
+        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
+    )
+}
+
+/// Rows a finished statement returned, or wrote (DML answers with a `count` column).
+fn statement_rows(status: &JobStatus) -> u64 {
+    if !status.inline_result.is_empty() {
+        return batches_from_ipc_stream(&status.inline_result)
+            .map(|batches| batches.iter().map(|b| b.num_rows() as u64).sum())
+            .unwrap_or(0);
+    }
+    status
+        .result_partitions
+        .iter()
+        .flatten()
+        .map(|l| l.rows)
+        .sum()
+}
+
+impl Scheduler {
+    /// Records a script and starts running it; returns its id.
+    pub async fn submit_script(
+        self: &Arc<Self>,
+        name: String,
+        statements: Vec<String>,
+        settings: Vec<(String, String)>,
+    ) -> Result<JobId> {
+        let statements: Vec<String> = statements
+            .into_iter()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if statements.is_empty() {
+            return Err(EmberError::User("the script holds no statement".into()));
+        }
+        let fence = self.fence().ok_or_else(crate::scheduler::not_leader)?;
+        let id = JobId::new_random();
+        let record = pb::ScriptRecord {
+            script_id: id.to_string(),
+            name: if name.is_empty() {
+                id.to_string()
+            } else {
+                name
+            },
+            statements,
+            settings: settings
+                .into_iter()
+                .map(|(key, value)| pb::Setting { key, value })
+                .collect(),
+            state: pb::JobState::Queued as i32,
+            submitted_unix_ms: unix_ms(),
+            ..Default::default()
+        };
+        if !self.persist_script(fence, &record).await? {
+            return Err(crate::scheduler::not_leader());
+        }
+        info!(script_id = %id, name = %record.name, statements = record.statements.len(), "script submitted");
+        self.scripts.records.lock().insert(id.to_string(), record);
+        self.spawn(Arc::clone(self).run_script(fence, id.to_string()));
+        Ok(id)
+    }
+
+    async fn persist_script(&self, fence: i64, record: &pb::ScriptRecord) -> Result<bool> {
+        let guard = crate::durable::fence(&self.keys, fence);
+        let op = Op::put(self.keys.script(&record.script_id), record.encode_to_vec());
+        Ok(self.store.txn(guard, vec![op]).await?.succeeded)
+    }
+
+    /// Writes the script's record after a step; keeps trying while the store is unreachable
+    /// (the step is not lost). `false` when leadership `fence` ended: the runner stops.
+    async fn save_script(&self, fence: i64, id: &str) -> bool {
+        let _one_at_a_time = self.scripts.saving.lock().await;
+        loop {
+            let Some(record) = self.scripts.records.lock().get(id).cloned() else {
+                return false;
+            };
+            match self.persist_script(fence, &record).await {
+                Ok(ok) => return ok,
+                Err(e) => {
+                    warn!(script_id = %id, error = %e, "cannot record the script's progress; retrying");
+                    if !self.is_leader(fence) {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    fn update_script(&self, id: &str, f: impl FnOnce(&mut pb::ScriptRecord)) {
+        if let Some(record) = self.scripts.records.lock().get_mut(id) {
+            f(record);
+        }
+    }
+
+    /// Runs the script's statements from where its record says, one job after another.
+    async fn run_script(self: Arc<Self>, fence: i64, id: String) {
+        let shutdown = self.shutdown_token();
+        loop {
+            if !self.is_leader(fence) || shutdown.is_cancelled() {
+                return;
+            }
+            let Some(record) = self.scripts.records.lock().get(&id).cloned() else {
+                return;
+            };
+            if terminal(record.state) {
+                return;
+            }
+            let next = record.statements_done as usize;
+            if next >= record.statements.len() {
+                self.update_script(&id, |r| {
+                    r.state = pb::JobState::Succeeded as i32;
+                    r.finished_unix_ms = unix_ms();
+                });
+                self.save_script(fence, &id).await;
+                info!(script_id = %id, "script succeeded");
+                return;
+            }
+            let job_id = match self.statement_job(fence, &id, &record).await {
+                Ok(Some(job_id)) => job_id,
+                Ok(None) => return,
+                Err(e) => {
+                    if !self.is_leader(fence) {
+                        return;
+                    }
+                    self.fail_script(fence, &id, next, &e.to_string()).await;
+                    return;
+                }
+            };
+            let status = loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    status = self.job_status(&job_id, Duration::from_secs(10)) => match status {
+                        Ok(s) if s.state.is_terminal() => break s,
+                        Ok(_) => {}
+                        // The job is gone: leadership moved (the next leader goes on).
+                        Err(_) => return,
+                    },
+                }
+                if !self.is_leader(fence) {
+                    return;
+                }
+            };
+            match status.state {
+                JobState::Succeeded => {
+                    let rows = statement_rows(&status);
+                    let _ = self.release(&job_id);
+                    self.update_script(&id, |r| {
+                        r.statements_done += 1;
+                        r.statement_rows.push(rows);
+                        r.stages_done_before += status.stages_total;
+                        r.tasks_done_before += status.tasks_total;
+                        r.current_job_id.clear();
+                    });
+                    if !self.save_script(fence, &id).await {
+                        return;
+                    }
+                }
+                JobState::Cancelled => {
+                    self.update_script(&id, |r| {
+                        r.state = pb::JobState::Cancelled as i32;
+                        r.finished_unix_ms = unix_ms();
+                    });
+                    self.save_script(fence, &id).await;
+                    info!(script_id = %id, "script cancelled");
+                    return;
+                }
+                _ => {
+                    let error = status.error.unwrap_or_else(|| "the job failed".into());
+                    self.fail_script(fence, &id, next, &error).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The job of the script's next statement: the recorded one when this leader knows it
+    /// (restored after a failover), else a new submission whose id is recorded first, so that
+    /// a leader taking over never submits the statement a second time. `None` when the script
+    /// was cancelled meanwhile or leadership ended.
+    async fn statement_job(
+        self: &Arc<Self>,
+        fence: i64,
+        id: &str,
+        record: &pb::ScriptRecord,
+    ) -> Result<Option<JobId>> {
+        if !record.current_job_id.is_empty() {
+            let recorded = JobId::from(record.current_job_id.clone());
+            if self.job_status(&recorded, Duration::ZERO).await.is_ok() {
+                return Ok(Some(recorded));
+            }
+        }
+        let job_id = JobId::new_random();
+        let mut cancelled = false;
+        self.update_script(id, |r| {
+            cancelled = terminal(r.state);
+            if !cancelled {
+                r.current_job_id = job_id.to_string();
+                r.state = pb::JobState::Running as i32;
+            }
+        });
+        if cancelled || !self.save_script(fence, id).await {
+            return Ok(None);
+        }
+        let sql = record.statements[record.statements_done as usize].clone();
+        let settings = record
+            .settings
+            .iter()
+            .map(|s| (s.key.clone(), s.value.clone()))
+            .collect();
+        self.submit_as(job_id, Query::Sql(sql), settings)
+            .await
+            .map(Some)
+    }
+
+    async fn fail_script(&self, fence: i64, id: &str, statement: usize, error: &str) {
+        self.update_script(id, |r| {
+            r.state = pb::JobState::Failed as i32;
+            r.error = format!("statement {} failed: {error}", statement + 1);
+            r.finished_unix_ms = unix_ms();
+        });
+        self.save_script(fence, id).await;
+        warn!(script_id = %id, statement = statement + 1, %error, "script failed");
+    }
+
+    /// Stops a script: its running statement's job is cancelled and no later one starts.
+    /// `None` when no script has this id.
+    pub fn cancel_script(&self, id: &str) -> Option<bool> {
+        let (cancelled, job) = {
+            let mut records = self.scripts.records.lock();
+            let record = records.get_mut(id)?;
+            if terminal(record.state) {
+                (false, None)
+            } else {
+                record.state = pb::JobState::Cancelled as i32;
+                record.finished_unix_ms = unix_ms();
+                (true, Some(record.current_job_id.clone()))
+            }
+        };
+        if let Some(job) = job.filter(|j| !j.is_empty()) {
+            let _ = self.cancel(&JobId::from(job));
+        }
+        if cancelled && let Some(fence) = self.fence() {
+            let this = self.self_ref();
+            let id = id.to_string();
+            self.spawn(async move {
+                if let Some(this) = this {
+                    this.save_script(fence, &id).await;
+                }
+            });
+        }
+        Some(cancelled)
+    }
+
+    /// Scripts this leader knows (all of them, or the one with `id`), newest first.
+    pub async fn scripts(&self, id: Option<&str>) -> Result<Vec<pb::ScriptStatus>> {
+        let records: Vec<pb::ScriptRecord> = {
+            let records = self.scripts.records.lock();
+            match id {
+                Some(id) => {
+                    vec![
+                        records
+                            .get(id)
+                            .cloned()
+                            .ok_or_else(|| EmberError::JobNotFound {
+                                job_id: id.to_string(),
+                            })?,
+                    ]
+                }
+                None => records.values().cloned().collect(),
+            }
+        };
+        let now = unix_ms();
+        let mut out = Vec::with_capacity(records.len());
+        for r in records {
+            let current = if r.current_job_id.is_empty() {
+                None
+            } else {
+                self.job_status(&JobId::from(r.current_job_id.clone()), Duration::ZERO)
+                    .await
+                    .ok()
+            };
+            let (stages, stages_done, tasks, tasks_done) = current
+                .map(|s| {
+                    (
+                        s.stages_total,
+                        s.stages_completed,
+                        s.tasks_total,
+                        s.tasks_completed,
+                    )
+                })
+                .unwrap_or_default();
+            let end = if r.finished_unix_ms > 0 {
+                r.finished_unix_ms
+            } else {
+                now
+            };
+            out.push(pb::ScriptStatus {
+                script_id: r.script_id,
+                name: r.name,
+                state: r.state,
+                statements_total: r.statements.len() as u32,
+                statements_done: r.statements_done,
+                current_job_id: r.current_job_id,
+                stages_total: r.stages_done_before + stages,
+                stages_completed: r.stages_done_before + stages_done,
+                tasks_total: r.tasks_done_before + tasks,
+                tasks_completed: r.tasks_done_before + tasks_done,
+                elapsed_ms: end.saturating_sub(r.submitted_unix_ms),
+                error: r.error,
+                submitted_unix_ms: r.submitted_unix_ms,
+                statement_rows: r.statement_rows,
+            });
+        }
+        out.sort_by(|a, b| b.submitted_unix_ms.cmp(&a.submitted_unix_ms));
+        Ok(out)
+    }
+
+    /// As a new leader: reads the recorded scripts and goes on with the unfinished ones.
+    pub(crate) async fn restore_scripts(self: &Arc<Self>, fence: i64) -> Result<()> {
+        let (kvs, _) = self.store.range(&self.keys.scripts()).await?;
+        let mut records = BTreeMap::new();
+        for kv in kvs {
+            match pb::ScriptRecord::decode(&kv.value[..]) {
+                Ok(r) => {
+                    records.insert(r.script_id.clone(), r);
+                }
+                Err(e) => warn!(key = %kv.key, error = %e, "skipping an unreadable script record"),
+            }
+        }
+        let unfinished: Vec<String> = records
+            .values()
+            .filter(|r| !terminal(r.state))
+            .map(|r| r.script_id.clone())
+            .collect();
+        *self.scripts.records.lock() = records;
+        if !unfinished.is_empty() {
+            info!(
+                scripts = unfinished.len(),
+                "continuing the recorded scripts"
+            );
+        }
+        for id in unfinished {
+            self.spawn(Arc::clone(self).run_script(fence, id));
+        }
+        Ok(())
+    }
+
+    /// Forgets scripts finished longer than `ttl_ms` ago, here and in the store.
+    pub(crate) fn expire_scripts(&self, ttl_ms: u64) {
+        let now = unix_ms();
+        let expired: Vec<String> = {
+            let mut records = self.scripts.records.lock();
+            let ids: Vec<String> = records
+                .values()
+                .filter(|r| {
+                    r.finished_unix_ms > 0 && now.saturating_sub(r.finished_unix_ms) > ttl_ms
+                })
+                .map(|r| r.script_id.clone())
+                .collect();
+            for id in &ids {
+                records.remove(id);
+            }
+            ids
+        };
+        let Some(fence) = self.fence() else {
+            return;
+        };
+        if expired.is_empty() {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        let keys = self.keys.clone();
+        self.spawn(async move {
+            let guard = crate::durable::fence(&keys, fence);
+            let ops = expired
+                .iter()
+                .map(|id| Op::Delete(keys.script(id)))
+                .collect();
+            if let Err(e) = store.txn(guard, ops).await {
+                warn!(error = %e, "cannot delete expired script records");
+            }
+        });
+    }
+}

@@ -1,0 +1,168 @@
+//! `ember submit` and `ember jobs`: batch jobs, the way an orchestrator runs them — submit a
+//! script, get an id, follow or cancel it later from anywhere.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use ember_client::{EmberClient, ScriptStatus};
+use ember_proto::pb::JobState;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::{JobsAction, JobsArgs, RemoteArgs, SubmitArgs};
+use crate::sql::split_statements;
+
+pub async fn connect(remote: &RemoteArgs) -> Result<EmberClient> {
+    Ok(match (&remote.scheduler, &remote.etcd) {
+        (Some(url), _) => EmberClient::connect(url).await?,
+        (None, Some(etcd)) => EmberClient::connect_etcd(etcd, &remote.cluster_name).await?,
+        (None, None) => bail!("give the cluster with --scheduler URL or --etcd URLS"),
+    })
+}
+
+pub async fn submit(args: SubmitArgs) -> Result<()> {
+    let script = match (&args.command, &args.file) {
+        (Some(sql), _) => sql.clone(),
+        (None, Some(path)) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (None, None) => bail!("give the script with -f FILE or -c SQL"),
+    };
+    let statements = split_statements(&script);
+    if statements.is_empty() {
+        bail!("the script holds no SQL statement");
+    }
+    let client = connect(&args.remote).await?;
+    let name = args.name.clone().unwrap_or_default();
+    let id = client.submit_script(&name, statements, &[]).await?;
+    println!("{id}");
+    if !args.wait {
+        return Ok(());
+    }
+    let bar = progress_bar();
+    let result = client
+        .wait_script(&id, |status| {
+            show_stages(
+                &bar,
+                status.stages_completed,
+                status.stages_total,
+                format!(
+                    "statement {}/{}, tasks {}/{}",
+                    (status.statements_done + 1).min(status.statements_total),
+                    status.statements_total,
+                    status.tasks_completed,
+                    status.tasks_total
+                ),
+            );
+        })
+        .await;
+    bar.finish_and_clear();
+    let status = match result {
+        Ok(status) => status,
+        Err(e) => {
+            if let Ok(Some(status)) = client.scripts(Some(&id)).await.map(|mut s| s.pop()) {
+                eprint!("{}", describe(&status));
+            }
+            bail!("job {id} did not succeed: {e}");
+        }
+    };
+    eprint!("{}", describe(&status));
+    Ok(())
+}
+
+pub async fn jobs(args: JobsArgs) -> Result<()> {
+    let client = connect(&args.remote).await?;
+    match args.action {
+        JobsAction::List => {
+            let scripts = client.scripts(None).await?;
+            println!(
+                "{:<18} {:<24} {:<10} {:>10} {:>11} {:>9}",
+                "ID", "NAME", "STATE", "STATEMENTS", "STAGES", "ELAPSED"
+            );
+            for s in scripts {
+                println!(
+                    "{:<18} {:<24} {:<10} {:>10} {:>11} {:>8.1}s",
+                    s.script_id,
+                    s.name,
+                    state_name(s.state),
+                    format!("{}/{}", s.statements_done, s.statements_total),
+                    format!("{}/{}", s.stages_completed, s.stages_total),
+                    s.elapsed_ms as f64 / 1000.0
+                );
+            }
+        }
+        JobsAction::Status { id } => {
+            let status = client
+                .scripts(Some(&id))
+                .await?
+                .pop()
+                .with_context(|| format!("no job {id}"))?;
+            print!("{}", describe(&status));
+            if status.state == JobState::Failed as i32 {
+                bail!("job {id} failed");
+            }
+        }
+        JobsAction::Cancel { id } => {
+            if client.cancel(&id.clone().into()).await? {
+                println!("cancelled {id}");
+            } else {
+                println!("{id} had already finished");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A progress bar on stderr when it is a terminal; hidden otherwise (scripts, CI).
+pub fn progress_bar() -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(1).with_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] stages {bar:30} {pos}/{len} {msg}",
+        )
+        .expect("a valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
+
+/// Shows a job's progress: stages done of all, and `message`.
+pub fn show_stages(bar: &ProgressBar, done: u32, total: u32, message: String) {
+    bar.set_length(total.max(1) as u64);
+    bar.set_position(done as u64);
+    bar.set_message(message);
+}
+
+fn state_name(state: i32) -> &'static str {
+    JobState::try_from(state)
+        .ok()
+        .and_then(|s| ember_core::job::JobState::try_from(s).ok())
+        .map_or("unknown", |s| s.name())
+}
+
+/// A job's status as `ember jobs status` prints it.
+pub fn describe(s: &ScriptStatus) -> String {
+    let mut out = format!(
+        "job:        {}\nname:       {}\nstate:      {}\nstatements: {}/{} done\nstages:     {}/{}\ntasks:      {}/{}\nelapsed:    {:.1}s\n",
+        s.script_id,
+        s.name,
+        state_name(s.state),
+        s.statements_done,
+        s.statements_total,
+        s.stages_completed,
+        s.stages_total,
+        s.tasks_completed,
+        s.tasks_total,
+        s.elapsed_ms as f64 / 1000.0
+    );
+    if !s.statement_rows.is_empty() {
+        let rows: Vec<String> = s.statement_rows.iter().map(u64::to_string).collect();
+        out.push_str(&format!("rows:       {}\n", rows.join(", ")));
+    }
+    if !s.error.is_empty() {
+        out.push_str(&format!("error:      {}\n", s.error));
+    }
+    out
+}
