@@ -61,13 +61,12 @@ pub async fn executor(config: ExecutorConfig) -> Result<()> {
 }
 
 pub async fn standalone(args: StandaloneArgs) -> Result<()> {
-    let cluster = EmbeddedCluster::start_with(
-        SchedulerConfig::default(),
-        args.executors,
-        args.slots,
-        &args.bind,
-    )
-    .await?;
+    let scheduler = SchedulerConfig {
+        http_bind: args.http_bind.clone(),
+        ..SchedulerConfig::default()
+    };
+    let cluster =
+        EmbeddedCluster::start_with(scheduler, args.executors, args.slots, &args.bind).await?;
     if let Some(path) = &args.port_file {
         std::fs::write(path, cluster.scheduler_port().to_string())?;
     }

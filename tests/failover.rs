@@ -453,6 +453,7 @@ async fn an_executor_exits_when_the_leader_speaks_another_protocol_version() {
     let out = tokio::task::spawn_blocking(move || {
         std::process::Command::new(crate::support::ember_bin())
             .args(["executor", "--etcd", &etcd.url, "--bind", "127.0.0.1:0"])
+            .env("EMBER_EXECUTOR_HTTP_BIND", "127.0.0.1:0")
             .output()
             .unwrap()
     })

@@ -24,6 +24,18 @@ pub struct ExecutorConfig {
     )]
     pub bind: String,
 
+    /// Address of the HTTP endpoint (/healthz, /readyz, /metrics); `off` disables it.
+    #[arg(
+        long,
+        env = "EMBER_EXECUTOR_HTTP_BIND",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub http_bind: String,
+
+    /// Write the HTTP endpoint's port to this file once it listens.
+    #[arg(long, env = "EMBER_EXECUTOR_HTTP_PORT_FILE")]
+    pub http_port_file: Option<PathBuf>,
+
     /// Address the scheduler and other executors dial, when it differs from --bind.
     #[arg(long, env = "EMBER_EXECUTOR_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
@@ -76,6 +88,10 @@ pub struct ExecutorConfig {
     #[arg(long, env = "EMBER_DRAIN_TIMEOUT_SECS", default_value_t = 60)]
     pub drain_timeout_secs: u64,
 
+    /// Object stores (s3://) this executor reads and writes.
+    #[command(flatten)]
+    pub object_store: ember_core::object_stores::ObjectStoreConfig,
+
     /// Memory the executor's tasks share, in MiB (operator state and shuffle buffers); sorts,
     /// aggregates and joins spill to disk past it. 0: 70% of the machine's memory, or of the
     /// cgroup's limit when it is lower.
@@ -93,9 +109,13 @@ pub enum ShuffleCompression {
     Lz4,
 }
 
+/// The defaults (and `EMBER_*` variables) for an executor embedded in another program: as on
+/// the command line, but without the HTTP endpoint (several share the process).
 impl Default for ExecutorConfig {
     fn default() -> Self {
-        ExecutorConfig::parse_from(["executor"])
+        let mut config = ExecutorConfig::parse_from(["executor"]);
+        config.http_bind = "off".into();
+        config
     }
 }
 

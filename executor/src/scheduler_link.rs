@@ -177,6 +177,8 @@ pub struct Member<M, F> {
     /// True once the executor drains (SIGTERM): it takes no new tasks.
     pub draining: watch::Receiver<bool>,
     pub shutdown: CancellationToken,
+    /// Set while the executor is registered (what readiness reports).
+    pub registered: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Registers with the scheduler over gRPC (retrying while it is unreachable), then heartbeats
@@ -196,6 +198,7 @@ where
         forgotten,
         mut draining,
         shutdown,
+        registered: ready,
     } = member;
     let mut registered = false;
     let mut backoff = Duration::from_millis(100);
@@ -218,6 +221,7 @@ where
                     forgotten();
                 }
                 registered = ok;
+                ready.store(ok, std::sync::atomic::Ordering::Relaxed);
                 backoff = Duration::from_millis(100);
             }
             Err(e) if e.is_user_error() => {
@@ -228,6 +232,7 @@ where
             Err(e) => {
                 warn!(executor = %spec.id, error = %e, "scheduler unreachable");
                 registered = false;
+                ready.store(false, std::sync::atomic::Ordering::Relaxed);
             }
         }
         let pause = if registered { interval } else { backoff };
@@ -262,6 +267,7 @@ where
         forgotten,
         mut draining,
         shutdown,
+        registered: ready,
     } = member;
     let ttl = Duration::from_secs(ttl_secs.max(1));
     let mut registered_before = false;
@@ -293,6 +299,7 @@ where
             forgotten();
         }
         registered_before = true;
+        ready.store(true, std::sync::atomic::Ordering::Relaxed);
         info!(executor = %spec.id, lease, "registered in etcd");
         let mut last_renewed = Instant::now();
         let mut next_beat = Instant::now();
@@ -326,6 +333,7 @@ where
                 Ok(t) if t > 0 => last_renewed = Instant::now(),
                 Ok(_) => {
                     warn!(executor = %spec.id, "the lease expired: this executor was declared lost; registering again");
+                    ready.store(false, std::sync::atomic::Ordering::Relaxed);
                     break;
                 }
                 Err(e) => {

@@ -38,6 +38,7 @@ pub struct ExecutorHandle {
     runner: Arc<TaskRunner>,
     draining: watch::Sender<bool>,
     drain_timeout: Duration,
+    http: Option<ember_core::ops::OpsServer>,
     _work_dir: Option<tempfile::TempDir>,
 }
 
@@ -48,6 +49,9 @@ impl ExecutorHandle {
         self.runner.wait().await;
         self.tasks.close();
         self.tasks.wait().await;
+        if let Some(http) = self.http {
+            http.shutdown().await;
+        }
     }
 
     /// Drains, then stops (SIGTERM): takes no new tasks (the scheduler is told, and launches
@@ -145,6 +149,9 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         .unwrap_or_else(|| store_dir.join("spill"));
     std::fs::create_dir_all(&spill_dir)?;
     let runtime = RuntimeEnvBuilder::new()
+        .with_object_store_registry(ember_core::object_stores::EmberObjectStores::new(
+            config.object_store.clone(),
+        ))
         .with_memory_pool(Arc::new(FairSpillPool::new(memory_limit)))
         .with_disk_manager_builder(
             DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir])),
@@ -193,12 +200,32 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     let metrics_counters = Arc::clone(&counters);
     let forgetful_runner = Arc::clone(&runner);
     let (draining, draining_rx) = watch::channel(false);
+    let registered = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let http_bind = config.http_bind.trim();
+    let http = if http_bind.is_empty() || http_bind == "off" {
+        None
+    } else {
+        let ops: Arc<dyn ember_core::ops::Ops> = Arc::new(ExecutorOps {
+            counters: Arc::clone(&counters),
+            store: Arc::clone(&store),
+            registered: Arc::clone(&registered),
+            draining: draining_rx.clone(),
+            slots,
+            memory_limit,
+        });
+        let server = ember_core::ops::serve(http_bind, ops).await?;
+        if let Some(path) = &config.http_port_file {
+            std::fs::write(path, server.local_addr.port().to_string())?;
+        }
+        Some(server)
+    };
     let member = Member {
         spec,
         metrics: move || metrics_counters.snapshot(),
         forgotten: move || forgetful_runner.cancel_all(),
         draining: draining_rx,
         shutdown: shutdown.clone(),
+        registered,
     };
     match meta {
         Some(meta) => {
@@ -224,6 +251,96 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         runner,
         draining,
         drain_timeout: Duration::from_secs(config.drain_timeout_secs),
+        http,
         _work_dir: temp,
     })
+}
+
+/// What the executor's HTTP endpoint reports.
+struct ExecutorOps {
+    counters: Arc<ExecutorCounters>,
+    store: Arc<ShuffleStore>,
+    registered: Arc<std::sync::atomic::AtomicBool>,
+    draining: watch::Receiver<bool>,
+    slots: usize,
+    memory_limit: usize,
+}
+
+impl ember_core::ops::Ops for ExecutorOps {
+    fn ready(&self) -> std::result::Result<(), String> {
+        if *self.draining.borrow() {
+            return Err("draining".into());
+        }
+        if !self.registered.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err("not registered with the cluster yet".into());
+        }
+        Ok(())
+    }
+
+    fn metrics(&self) -> Vec<ember_core::ops::Metric> {
+        use ember_core::ops::Metric;
+        let m = self.counters.snapshot();
+        vec![
+            Metric::counter(
+                "ember_executor_rows_scanned_total",
+                "Rows read from table files.",
+                m.rows_scanned,
+            ),
+            Metric::counter(
+                "ember_executor_tasks_completed_total",
+                "Tasks that succeeded.",
+                m.tasks_completed,
+            ),
+            Metric::counter(
+                "ember_executor_tasks_failed_total",
+                "Tasks that failed.",
+                m.tasks_failed,
+            ),
+            Metric::counter(
+                "ember_executor_shuffle_bytes_written_total",
+                "Shuffle bytes written.",
+                m.shuffle_bytes_written,
+            ),
+            Metric::counter(
+                "ember_executor_bytes_served_total",
+                "Shuffle bytes served to others over Flight.",
+                m.bytes_served,
+            ),
+            Metric::counter(
+                "ember_executor_bytes_fetched_remote_total",
+                "Shuffle bytes fetched from other executors.",
+                m.bytes_fetched_remote,
+            ),
+            Metric::counter(
+                "ember_executor_bytes_read_local_total",
+                "Shuffle bytes read from this executor's own store.",
+                m.bytes_read_local,
+            ),
+            Metric::counter(
+                "ember_executor_spills_total",
+                "Times operators spilled to disk.",
+                m.spill_count,
+            ),
+            Metric::counter(
+                "ember_executor_spilled_bytes_total",
+                "Bytes spilled to disk.",
+                m.spilled_bytes,
+            ),
+            Metric::gauge(
+                "ember_executor_task_slots",
+                "Tasks this executor runs at once.",
+                self.slots as f64,
+            ),
+            Metric::gauge(
+                "ember_executor_memory_limit_bytes",
+                "The memory pool shared by its tasks.",
+                self.memory_limit as f64,
+            ),
+            Metric::gauge(
+                "ember_executor_jobs_held",
+                "Jobs whose shuffle output this executor holds.",
+                self.store.jobs_held() as f64,
+            ),
+        ]
+    }
 }

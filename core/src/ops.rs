@@ -1,0 +1,210 @@
+//! The operations endpoint of every long-running process, over HTTP:
+//!
+//! - `/healthz`: 200 while the process runs and answers. Never tied to other processes (a
+//!   scheduler that is unreachable must not get every executor restarted).
+//! - `/readyz`: 200 when the process can do its work now (a scheduler leads or knows the
+//!   leader; an executor is registered and not draining), 503 with the reason otherwise.
+//! - `/metrics`: the process's counters and gauges in Prometheus' text format.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{EmberError, Result};
+
+/// Whether a sample only ever grows (a counter) or goes up and down (a gauge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+}
+
+/// One sample of a metric, read when `/metrics` is scraped.
+#[derive(Debug, Clone)]
+pub struct Metric {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricKind,
+    pub labels: Vec<(&'static str, String)>,
+    pub value: f64,
+}
+
+impl Metric {
+    pub fn counter(name: &'static str, help: &'static str, value: u64) -> Self {
+        Self {
+            name,
+            help,
+            kind: MetricKind::Counter,
+            labels: Vec::new(),
+            value: value as f64,
+        }
+    }
+
+    pub fn gauge(name: &'static str, help: &'static str, value: f64) -> Self {
+        Self {
+            name,
+            help,
+            kind: MetricKind::Gauge,
+            labels: Vec::new(),
+            value,
+        }
+    }
+
+    pub fn with_label(mut self, key: &'static str, value: impl Into<String>) -> Self {
+        self.labels.push((key, value.into()));
+        self
+    }
+}
+
+/// What a process tells its operations endpoint.
+pub trait Ops: Send + Sync + 'static {
+    /// `Err(reason)` while the process cannot do its work.
+    fn ready(&self) -> std::result::Result<(), String>;
+    /// The samples to expose now.
+    fn metrics(&self) -> Vec<Metric>;
+}
+
+/// Renders samples in Prometheus' text exposition format.
+pub fn render(samples: &[Metric]) -> Result<String> {
+    let registry = Registry::new();
+    let mut counters: Vec<(&str, IntCounterVec)> = Vec::new();
+    let mut gauges: Vec<(&str, GaugeVec)> = Vec::new();
+    let err = |e: prometheus::Error| EmberError::Internal(format!("metrics: {e}"));
+    for m in samples {
+        let names: Vec<&str> = m.labels.iter().map(|(k, _)| *k).collect();
+        let values: Vec<&str> = m.labels.iter().map(|(_, v)| v.as_str()).collect();
+        match m.kind {
+            MetricKind::Counter => {
+                let vec = match counters.iter().find(|(n, _)| *n == m.name) {
+                    Some((_, v)) => v.clone(),
+                    None => {
+                        let v =
+                            IntCounterVec::new(Opts::new(m.name, m.help), &names).map_err(err)?;
+                        registry.register(Box::new(v.clone())).map_err(err)?;
+                        counters.push((m.name, v.clone()));
+                        v
+                    }
+                };
+                vec.get_metric_with_label_values(&values)
+                    .map_err(err)?
+                    .inc_by(m.value as u64);
+            }
+            MetricKind::Gauge => {
+                let vec = match gauges.iter().find(|(n, _)| *n == m.name) {
+                    Some((_, v)) => v.clone(),
+                    None => {
+                        let v = GaugeVec::new(Opts::new(m.name, m.help), &names).map_err(err)?;
+                        registry.register(Box::new(v.clone())).map_err(err)?;
+                        gauges.push((m.name, v.clone()));
+                        v
+                    }
+                };
+                vec.get_metric_with_label_values(&values)
+                    .map_err(err)?
+                    .set(m.value);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    TextEncoder::new()
+        .encode(&registry.gather(), &mut out)
+        .map_err(err)?;
+    String::from_utf8(out).map_err(|e| EmberError::Internal(format!("metrics: {e}")))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(ops): State<Arc<dyn Ops>>) -> Response {
+    match ops.ready() {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(ops): State<Arc<dyn Ops>>) -> Response {
+    match render(&ops.metrics()) {
+        Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// A running operations endpoint; dropping it does not stop it, `shutdown` does.
+#[derive(Debug)]
+pub struct OpsServer {
+    pub local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl OpsServer {
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+}
+
+/// Serves `/healthz`, `/readyz` and `/metrics` on `bind` (port 0 picks one).
+pub async fn serve(bind: &str, ops: Arc<dyn Ops>) -> Result<OpsServer> {
+    let listener = TcpListener::bind(bind)
+        .await
+        .map_err(|e| EmberError::User(format!("cannot listen for HTTP on {bind}: {e}")))?;
+    let local_addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(ops);
+    let shutdown = CancellationToken::new();
+    let token = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(token.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "the HTTP endpoint stopped");
+        }
+    });
+    tracing::info!(%local_addr, "HTTP endpoint (/healthz, /readyz, /metrics) listening");
+    Ok(OpsServer {
+        local_addr,
+        shutdown,
+        task,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_render_as_prometheus_text() {
+        let text = render(&[
+            Metric::counter("ember_tasks_completed_total", "Tasks completed.", 7),
+            Metric::gauge("ember_jobs", "Jobs by state.", 2.0).with_label("state", "running"),
+            Metric::gauge("ember_jobs", "Jobs by state.", 1.0).with_label("state", "failed"),
+        ])
+        .unwrap();
+        assert!(
+            text.contains("# TYPE ember_tasks_completed_total counter"),
+            "{text}"
+        );
+        assert!(text.contains("ember_tasks_completed_total 7"), "{text}");
+        assert!(text.contains("ember_jobs{state=\"running\"} 2"), "{text}");
+        assert!(text.contains("ember_jobs{state=\"failed\"} 1"), "{text}");
+    }
+}

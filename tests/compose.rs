@@ -1,0 +1,244 @@
+//! The container image and the compose cluster, on this machine's Docker Engine: the images
+//! build from the binary this test run built (on the local debootstrap base), the cluster
+//! comes up, answers TPC-H through Flight SQL, and keeps answering correctly while an executor
+//! is killed, the leading scheduler is killed, and an executor is cut off its network, each in
+//! the middle of a query.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use datafusion::arrow::array::RecordBatch;
+use futures::TryStreamExt;
+use tonic::transport::Channel;
+
+use crate::support::{assert_same_rows, datafusion_reference_at, http_get, tpch_dir_large};
+
+/// A compose project, taken down (volumes too) when dropped.
+struct Compose {
+    project: String,
+    file: PathBuf,
+    env: Vec<(String, String)>,
+}
+
+impl Compose {
+    fn command(&self) -> Command {
+        let mut command = Command::new("docker-compose");
+        command
+            .args(["-p", &self.project, "-f"])
+            .arg(&self.file)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        command
+    }
+
+    fn run(&self, args: &[&str]) {
+        let out = self.command().args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker-compose {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn container(&self, service: &str) -> String {
+        format!("{}_{service}_1", self.project)
+    }
+
+    fn docker(&self, args: &[&str]) {
+        let out = Command::new("docker").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "docker {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Compose {
+    fn drop(&mut self) {
+        let _ = self
+            .command()
+            .args(["down", "-v", "--remove-orphans", "-t", "1"])
+            .output();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn metric(port: u16, name: &str) -> Option<f64> {
+    let (status, body) = http_get(port, "/metrics");
+    if status != 200 {
+        return None;
+    }
+    body.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !ok() {
+        assert!(Instant::now() < deadline, "{what}: not within 90 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn flight(port: u16) -> FlightSqlServiceClient<Channel> {
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect_lazy();
+    FlightSqlServiceClient::new(channel)
+}
+
+/// Reads every endpoint of `info`, retrying while no scheduler leads (a failover).
+async fn read(
+    client: &mut FlightSqlServiceClient<Channel>,
+    info: &arrow_flight::FlightInfo,
+) -> Vec<RecordBatch> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let mut batches = Vec::new();
+        let mut failed = None;
+        for endpoint in &info.endpoint {
+            let ticket = endpoint.ticket.clone().unwrap();
+            let result = async { client.do_get(ticket).await?.try_collect::<Vec<_>>().await };
+            match result.await {
+                Ok(b) => batches.extend(b),
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        match failed {
+            None => return batches,
+            Some(FlightError::Tonic(s))
+                if s.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Some(e) => panic!("reading the result: {e}"),
+        }
+    }
+}
+
+/// Submits `sql`, retrying while no scheduler leads.
+async fn execute(
+    client: &mut FlightSqlServiceClient<Channel>,
+    sql: &str,
+) -> arrow_flight::FlightInfo {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match client.execute(sql.to_string(), None).await {
+            Ok(info) => return info,
+            Err(FlightError::Tonic(s))
+                if s.code() == tonic::Code::Unavailable && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{sql}: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_cluster_answers_through_kills_and_a_network_cut() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let build = Command::new(root.join("scripts/docker-images.sh"))
+        .arg(env!("CARGO_BIN_EXE_ember"))
+        .output()
+        .unwrap();
+    assert!(
+        build.status.success(),
+        "building the images: {}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let data = tpch_dir_large();
+    let (grpc, http) = ([free_port(), free_port()], [free_port(), free_port()]);
+    let compose = Compose {
+        project: format!("embertest{}", std::process::id()),
+        file: root.join("docker/compose.yaml"),
+        env: vec![
+            ("EMBER_DATA".into(), data.display().to_string()),
+            ("EMBER_TTL_SECS".into(), "3".into()),
+            ("EMBER_PORT_1".into(), grpc[0].to_string()),
+            ("EMBER_PORT_2".into(), grpc[1].to_string()),
+            ("EMBER_HTTP_1".into(), http[0].to_string()),
+            ("EMBER_HTTP_2".into(), http[1].to_string()),
+        ],
+    };
+    compose.run(&["up", "-d"]);
+    let leader = || (0..2).find(|&i| metric(http[i], "ember_scheduler_leader") == Some(1.0));
+    wait_until("a leader with three executors", || {
+        leader().is_some_and(|i| metric(http[i], "ember_executors") == Some(3.0))
+    });
+
+    let mut client = flight(grpc[0]).await;
+    for table in ember::tpch::TABLES {
+        client
+            .execute_update(
+                format!(
+                    "CREATE EXTERNAL TABLE IF NOT EXISTS {table} STORED AS PARQUET LOCATION '/data/{table}/'"
+                ),
+                None,
+            )
+            .await
+            .unwrap();
+    }
+    let reference = datafusion_reference_at(data).await;
+    let check =
+        |q: usize, batches: Vec<RecordBatch>, reference: &datafusion::prelude::SessionContext| {
+            let sql = ember::tpch::query(q).unwrap().to_string();
+            let reference = reference.clone();
+            async move {
+                let expected = reference.sql(&sql).await.unwrap().collect().await.unwrap();
+                assert_same_rows(&format!("q{q}"), &expected, &batches);
+            }
+        };
+    for q in [1, 3, 6] {
+        let info = execute(&mut client, ember::tpch::query(q).unwrap()).await;
+        let batches = read(&mut client, &info).await;
+        check(q, batches, &reference).await;
+    }
+
+    // Each failure strikes while a query runs (the leader reports a running job).
+    let running = |i: usize| metric(http[i], "ember_jobs{state=\"running\"}").unwrap_or(0.0) >= 1.0;
+    // The leader last: the scheduler each query enters through is the one that survives.
+    let failures: [(&str, usize); 3] = [
+        ("kill executor", 18),
+        ("cut executor", 21),
+        ("kill leader", 9),
+    ];
+    for (failure, q) in failures {
+        let now = leader().expect("a leader");
+        // Talk to the scheduler that will survive: a standby forwards to the leader.
+        let entry = 1 - now;
+        let mut client = flight(grpc[entry]).await;
+        let info = execute(&mut client, ember::tpch::query(q).unwrap()).await;
+        wait_until("the query running", || running(now));
+        match failure {
+            "kill executor" => compose.docker(&["kill", &compose.container("executor-1")]),
+            "kill leader" => {
+                let service = format!("scheduler-{}", now + 1);
+                compose.docker(&["kill", &compose.container(&service)]);
+            }
+            _ => compose.docker(&[
+                "network",
+                "disconnect",
+                &format!("{}_default", compose.project),
+                &compose.container("executor-2"),
+            ]),
+        }
+        let batches = read(&mut client, &info).await;
+        check(q, batches, &reference).await;
+    }
+}

@@ -1,0 +1,104 @@
+//! Every long-running process serves /healthz, /readyz and /metrics over HTTP.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::{ember_bin, http_get, spawn_guarded, wait_for_port};
+
+/// Polls `/readyz` until it answers `want`.
+fn wait_ready(port: u16, want: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http_get(port, "/readyz");
+        if status == want {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "/readyz stayed {status}: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn health_readiness_and_metrics_of_a_scheduler_and_an_executor() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str| dir.path().join(name);
+    // An executor whose scheduler is not there yet: alive, not ready.
+    let mut executor = spawn_guarded(
+        Command::new(ember_bin())
+            .args(["executor", "--bind", "127.0.0.1:0", "--scheduler"])
+            .arg("http://127.0.0.1:1")
+            .args([
+                "--http-bind",
+                "127.0.0.1:0",
+                "--heartbeat-interval-ms",
+                "100",
+            ])
+            .arg("--http-port-file")
+            .arg(file("executor.http"))
+            .stderr(Stdio::null()),
+    );
+    let executor_http = wait_for_port(&file("executor.http"), &mut executor.0);
+    assert_eq!(http_get(executor_http, "/healthz").0, 200);
+    let body = wait_ready(executor_http, 503);
+    assert!(body.contains("not registered"), "{body}");
+    drop(executor);
+
+    let mut scheduler = spawn_guarded(
+        Command::new(ember_bin())
+            .args([
+                "scheduler",
+                "--bind",
+                "127.0.0.1:0",
+                "--http-bind",
+                "127.0.0.1:0",
+            ])
+            .arg("--port-file")
+            .arg(file("scheduler.port"))
+            .arg("--http-port-file")
+            .arg(file("scheduler.http"))
+            .stderr(Stdio::null()),
+    );
+    let port = wait_for_port(&file("scheduler.port"), &mut scheduler.0);
+    let scheduler_http = wait_for_port(&file("scheduler.http"), &mut scheduler.0);
+    assert_eq!(
+        http_get(scheduler_http, "/healthz"),
+        (200, "ok\n".to_string())
+    );
+    wait_ready(scheduler_http, 200);
+
+    let mut executor = spawn_guarded(
+        Command::new(ember_bin())
+            .args(["executor", "--bind", "127.0.0.1:0", "--scheduler"])
+            .arg(format!("http://127.0.0.1:{port}"))
+            .args(["--http-bind", "127.0.0.1:0", "--slots", "3"])
+            .arg("--http-port-file")
+            .arg(file("executor2.http"))
+            .stderr(Stdio::null()),
+    );
+    let executor_http = wait_for_port(&file("executor2.http"), &mut executor.0);
+    wait_ready(executor_http, 200);
+    let (status, metrics) = http_get(executor_http, "/metrics");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("ember_executor_task_slots 3"), "{metrics}");
+    assert!(
+        metrics.contains("# TYPE ember_executor_tasks_completed_total counter"),
+        "{metrics}"
+    );
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, metrics) = http_get(scheduler_http, "/metrics");
+        assert_eq!(status, 200);
+        assert!(metrics.contains("ember_scheduler_leader 1"), "{metrics}");
+        if metrics.contains("ember_executors 1") {
+            assert!(metrics.contains("ember_task_slots 3"), "{metrics}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the executor never showed: {metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(http_get(scheduler_http, "/nope").0, 404);
+}
