@@ -159,13 +159,22 @@ impl Member {
     }
 }
 
-/// etcd, schedulers and executors as separate processes.
+/// etcd, schedulers and executors as separate processes. A test that fails prints the end of
+/// each process's log.
 pub struct EtcdCluster {
     // Executors first: they are killed before the schedulers, then etcd.
     pub executors: Vec<Member>,
     pub schedulers: Vec<Member>,
     pub etcd: Etcd,
     dir: tempfile::TempDir,
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_log_tails();
+        }
+    }
 }
 
 impl EtcdCluster {
@@ -241,6 +250,16 @@ impl EtcdCluster {
 
     pub fn log_path(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("{name}.log"))
+    }
+
+    /// The end of every member's log, for a test that failed.
+    fn print_log_tails(&self) {
+        for m in self.schedulers.iter().chain(&self.executors) {
+            let log = std::fs::read_to_string(&m.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!("--- last lines of {} ---\n{}", m.id, tail.join("\n"));
+        }
     }
 
     /// A client that knows every scheduler.

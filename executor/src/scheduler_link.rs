@@ -270,7 +270,6 @@ where
         registered: ready,
     } = member;
     let ttl = Duration::from_secs(ttl_secs.max(1));
-    let mut registered_before = false;
     let mut backoff = Duration::from_millis(100);
     loop {
         let lease = tokio::select! {
@@ -295,10 +294,6 @@ where
             }
         };
         backoff = Duration::from_millis(100);
-        if registered_before {
-            forgotten();
-        }
-        registered_before = true;
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
         info!(executor = %spec.id, lease, "registered in etcd");
         let mut last_renewed = Instant::now();
@@ -334,6 +329,10 @@ where
                 Ok(_) => {
                     warn!(executor = %spec.id, "the lease expired: this executor was declared lost; registering again");
                     ready.store(false, std::sync::atomic::Ordering::Relaxed);
+                    // The leader rescheduled this executor's tasks: stop them before the new
+                    // record is written, or a task launched on the new record (which gets
+                    // no report once cancelled) would be cancelled with them.
+                    forgotten();
                     break;
                 }
                 Err(e) => {
