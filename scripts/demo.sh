@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/ember-target}"
-cargo build --bin ember
+cargo build --workspace --bins
 ember="$CARGO_TARGET_DIR/debug/ember"
 data="data/tpch-sf0.1"
 if [ ! -e "$data/_SUCCESS" ]; then
