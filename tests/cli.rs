@@ -282,6 +282,21 @@ async fn batch_jobs_are_submitted_followed_and_cancelled() {
     let status = client.scripts(Some(&long)).await.unwrap().pop().unwrap();
     assert_eq!(status.state, ember_proto::pb::JobState::Cancelled as i32);
     assert_eq!(status.statements_done, 0);
+    // The statement that was running (or being planned) is cancelled too: the cross join
+    // would otherwise run for hours.
+    if !status.current_job_id.is_empty() {
+        let job = ember_core::JobId::from(status.current_job_id.clone());
+        let ended = tokio::time::timeout(
+            std::time::Duration::from_secs(60),
+            client.wait(&job, |_| {}),
+        )
+        .await
+        .expect("the cancelled script's job ends");
+        assert!(
+            matches!(ended, Err(ember_core::EmberError::Cancelled)),
+            "{ended:?}"
+        );
+    }
 
     // Bad input: an unknown job, an empty script.
     let (ok, _, stderr) = run(args(&["jobs", "--scheduler", &url, "status", "nope"]))

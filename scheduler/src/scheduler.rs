@@ -1153,6 +1153,12 @@ impl Scheduler {
             now,
         )
         .await?;
+        // Everything a client could ask about is read before this scheduler takes requests.
+        let writes = self.recorded_writes().await?;
+        let scripts = self.recorded_scripts().await?;
+        self.load_scripts(scripts);
+        let committing: std::collections::HashSet<&JobId> =
+            writes.iter().map(|w| &w.job_id).collect();
         let effects = {
             let mut inner = self.inner.lock();
             inner.jobs.retain(|_, e| matches!(e, JobEntry::Inline(_)));
@@ -1163,7 +1169,10 @@ impl Scheduler {
                 // Attempts of this term differ from any an earlier leader launched.
                 job.attempt_base = ((fence as u32) & 0xffff) << 12;
                 let id = job.id.clone();
-                if !job.state.is_terminal() {
+                if committing.contains(&id) {
+                    // A recorded commit: nothing runs, and it can no longer be cancelled.
+                    job.commit_started();
+                } else if !job.state.is_terminal() {
                     ids.push(id.clone());
                 }
                 inner.jobs.insert(id, JobEntry::Distributed(job));
@@ -1186,8 +1195,9 @@ impl Scheduler {
         };
         self.apply(effects);
         self.notify();
-        self.resume_writes(fence).await?;
-        self.restore_scripts(fence).await
+        self.resume_writes(fence, writes);
+        self.resume_scripts(fence);
+        Ok(())
     }
 
     /// Leadership `fence` ended: forget the jobs (the next leader continues them from their
@@ -1335,8 +1345,13 @@ fn bind_parameters(plan: LogicalPlan, params: Vec<ScalarValue>) -> Result<Logica
             .ok_or_else(|| EmberError::User(format!("the statement has no parameter {name}")))?;
         let value = match expected {
             Some(t) if *t != value.data_type() && !value.is_null() => {
-                let compatible = (t.is_numeric() && value.data_type().is_numeric())
-                    || (t.is_temporal() && value.data_type().is_temporal());
+                let got = value.data_type();
+                // Clients bind Utf8 where a Parquet column is read as Utf8View, Int64 where
+                // it is Int32, and so on: values of the same kind are cast.
+                let compatible = (t.is_numeric() && got.is_numeric())
+                    || (t.is_temporal() && got.is_temporal())
+                    || (is_string(t) && is_string(&got))
+                    || (is_binary(t) && is_binary(&got));
                 let cast = compatible.then(|| value.cast_to(t).ok()).flatten();
                 cast.ok_or_else(|| {
                     EmberError::User(format!(
@@ -1350,6 +1365,17 @@ fn bind_parameters(plan: LogicalPlan, params: Vec<ScalarValue>) -> Result<Logica
         bound.push(value);
     }
     Ok(plan.with_param_values(bound)?)
+}
+
+fn is_string(t: &DataType) -> bool {
+    matches!(t, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+}
+
+fn is_binary(t: &DataType) -> bool {
+    matches!(
+        t,
+        DataType::Binary | DataType::LargeBinary | DataType::BinaryView
+    )
 }
 
 pub(crate) fn not_leader() -> EmberError {

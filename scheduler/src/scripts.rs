@@ -245,9 +245,14 @@ impl Scheduler {
             .iter()
             .map(|s| (s.key.clone(), s.value.clone()))
             .collect();
-        self.submit_as(job_id, Query::Sql(sql), settings)
-            .await
-            .map(Some)
+        let job_id = self.submit_as(job_id, Query::Sql(sql), settings).await?;
+        // A cancel that came while the statement was being planned found no job to cancel.
+        let mut cancelled = false;
+        self.update_script(id, |r| cancelled = terminal(r.state));
+        if cancelled {
+            let _ = self.cancel(&job_id);
+        }
+        Ok(Some(job_id))
     }
 
     async fn fail_script(&self, fence: i64, id: &str, statement: usize, error: &str) {
@@ -353,8 +358,8 @@ impl Scheduler {
         Ok(out)
     }
 
-    /// As a new leader: reads the recorded scripts and goes on with the unfinished ones.
-    pub(crate) async fn restore_scripts(self: &Arc<Self>, fence: i64) -> Result<()> {
+    /// The recorded scripts (read before this scheduler takes requests).
+    pub(crate) async fn recorded_scripts(&self) -> Result<BTreeMap<String, pb::ScriptRecord>> {
         let (kvs, _) = self.store.range(&self.keys.scripts()).await?;
         let mut records = BTreeMap::new();
         for kv in kvs {
@@ -365,12 +370,24 @@ impl Scheduler {
                 Err(e) => warn!(key = %kv.key, error = %e, "skipping an unreadable script record"),
             }
         }
-        let unfinished: Vec<String> = records
+        Ok(records)
+    }
+
+    /// As a new leader, before taking requests: knows the recorded scripts.
+    pub(crate) fn load_scripts(&self, records: BTreeMap<String, pb::ScriptRecord>) {
+        *self.scripts.records.lock() = records;
+    }
+
+    /// As a new leader: continues every unfinished script.
+    pub(crate) fn resume_scripts(self: &Arc<Self>, fence: i64) {
+        let unfinished: Vec<String> = self
+            .scripts
+            .records
+            .lock()
             .values()
             .filter(|r| !terminal(r.state))
             .map(|r| r.script_id.clone())
             .collect();
-        *self.scripts.records.lock() = records;
         if !unfinished.is_empty() {
             info!(
                 scripts = unfinished.len(),
@@ -380,7 +397,6 @@ impl Scheduler {
         for id in unfinished {
             self.spawn(Arc::clone(self).run_script(fence, id));
         }
-        Ok(())
     }
 
     /// Forgets scripts finished longer than `ttl_ms` ago, here and in the store.

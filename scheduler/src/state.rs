@@ -302,6 +302,17 @@ impl Job {
         }
     }
 
+    /// The job's write starts committing: the job counts as done for the state machine (no
+    /// task runs, it can neither be cancelled nor fail) but not yet for clients, and does not
+    /// expire. Returns the tasks that were running, to cancel.
+    pub fn commit_started(&mut self) -> Vec<(ExecutorId, TaskId)> {
+        let running = self.running_tasks();
+        self.state = JobState::Succeeded;
+        self.committed = false;
+        self.finished_ms = None;
+        running
+    }
+
     fn all_complete(&self) -> bool {
         self.stages
             .values()

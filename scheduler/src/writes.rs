@@ -82,6 +82,13 @@ pub fn plan_write(job_id: &JobId, plan: &Arc<dyn ExecutionPlan>) -> Result<Optio
     let Some(config) = file_sink_config(sink.sink()) else {
         return Ok(None);
     };
+    if config.insert_op != datafusion::logical_expr::dml::InsertOp::Append {
+        return Err(EmberError::User(format!(
+            "{} is not supported: Ember appends to tables (INSERT INTO) and writes new \
+             folders (COPY ... TO)",
+            config.insert_op
+        )));
+    }
     let target_url = config
         .table_paths
         .first()
@@ -365,11 +372,10 @@ impl crate::scheduler::Scheduler {
         }
     }
 
-    /// As a new leader: finishes the commits the last leader recorded, commits restored write
-    /// jobs whose stages are all done, and cleans up those that ended otherwise.
-    pub(crate) async fn resume_writes(self: &Arc<Self>, fence: i64) -> Result<()> {
+    /// The commits the last leader recorded (read before this scheduler takes requests).
+    pub(crate) async fn recorded_writes(&self) -> Result<Vec<RecordedWrite>> {
         let (kvs, _) = self.store.range(&self.keys.writes()).await?;
-        let mut recorded = std::collections::HashSet::new();
+        let mut recorded = Vec::new();
         for kv in kvs {
             let Ok(record) =
                 <ember_proto::pb::WriteRecord as prost::Message>::decode(&kv.value[..])
@@ -380,13 +386,28 @@ impl crate::scheduler::Scheduler {
             let Some(spec) = record.spec.map(crate::durable::write_spec_from_proto) else {
                 continue;
             };
-            let job_id = JobId::from(record.job_id);
-            recorded.insert(job_id.clone());
-            self.commit_started(&job_id);
-            info!(job_id = %job_id, "finishing the commit of a write");
+            recorded.push(RecordedWrite {
+                job_id: JobId::from(record.job_id),
+                spec,
+                dirs: record.staged_dirs,
+            });
+        }
+        Ok(recorded)
+    }
+
+    /// As a new leader: finishes the commits the last leader recorded (their jobs were marked
+    /// as committing before this scheduler took requests), commits restored write jobs whose
+    /// stages are all done, and cleans up those that ended otherwise.
+    pub(crate) fn resume_writes(self: &Arc<Self>, fence: i64, recorded: Vec<RecordedWrite>) {
+        let recorded_ids: std::collections::HashSet<JobId> =
+            recorded.iter().map(|w| w.job_id.clone()).collect();
+        for write in recorded {
+            info!(job_id = %write.job_id, "finishing the commit of a write");
             let this = Arc::clone(self);
-            let dirs = record.staged_dirs;
-            self.spawn(async move { this.finish_commit(fence, job_id, spec, dirs).await });
+            self.spawn(async move {
+                this.finish_commit(fence, write.job_id, write.spec, write.dirs)
+                    .await
+            });
         }
         let (commits, cleanups): (Vec<JobId>, Vec<String>) = {
             let inner = self.inner.lock();
@@ -397,7 +418,7 @@ impl crate::scheduler::Scheduler {
                     continue;
                 };
                 let Some(write) = &job.write else { continue };
-                if recorded.contains(id) || job.committed {
+                if recorded_ids.contains(id) || job.committed {
                     continue;
                 }
                 match job.state {
@@ -414,8 +435,14 @@ impl crate::scheduler::Scheduler {
         for root in cleanups {
             self.spawn(Arc::clone(self).clean_write(root));
         }
-        Ok(())
     }
+}
+
+/// A commit recorded in `writes/{job}`: what the next leader finishes.
+pub(crate) struct RecordedWrite {
+    pub(crate) job_id: JobId,
+    spec: WriteSpec,
+    dirs: Vec<String>,
 }
 
 impl crate::scheduler::Scheduler {
@@ -427,13 +454,7 @@ impl crate::scheduler::Scheduler {
             let mut inner = self.inner.lock();
             inner.active.retain(|j| j != job_id);
             let running = match inner.jobs.get_mut(job_id) {
-                Some(crate::scheduler::JobEntry::Distributed(job)) => {
-                    let running = job.running_tasks();
-                    job.state = ember_core::job::JobState::Succeeded;
-                    job.committed = false;
-                    job.finished_ms = None;
-                    running
-                }
+                Some(crate::scheduler::JobEntry::Distributed(job)) => job.commit_started(),
                 _ => Vec::new(),
             };
             for (executor, _) in &running {
