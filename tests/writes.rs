@@ -128,6 +128,43 @@ async fn copy_and_insert_write_whole_results_in_parallel() {
         .await
         .unwrap();
     assert_same_rows("INSERT twice", &expected, &actual.batches);
+    let e = client
+        .sql("INSERT OVERWRITE appended SELECT o_orderkey, o_totalprice FROM orders")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().to_lowercase().contains("overwrite"), "{e}");
+    let unchanged = client
+        .sql("SELECT count(*), sum(k) FROM appended")
+        .await
+        .unwrap();
+    assert_same_rows("after a refused overwrite", &expected, &unchanged.batches);
+
+    // Written in parallel: each task writes its own files (lineitem's row groups give both
+    // of its scan tasks rows; the small orders files have one row group each).
+    let lines = dir.path().join("lines");
+    let copied = client
+        .sql(&format!(
+            "COPY (SELECT l_orderkey, l_quantity FROM lineitem) TO '{}/' STORED AS PARQUET",
+            lines.display()
+        ))
+        .await
+        .unwrap();
+    let expected = reference
+        .sql("SELECT count(*) AS count FROM lineitem")
+        .await
+        .unwrap()
+        .collect()
+        .await
+        .unwrap();
+    assert_same_rows("COPY lineitem", &expected, &copied.batches);
+    let data_files: Vec<String> = files_under(&lines)
+        .into_iter()
+        .filter(|f| f.ends_with(".parquet"))
+        .collect();
+    assert!(
+        data_files.len() >= 2,
+        "one file per writing task: {data_files:?}"
+    );
 
     // One file, written whole at its exact path.
     let single = dir.path().join("single.csv");
