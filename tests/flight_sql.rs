@@ -51,6 +51,10 @@ async fn adbc_python_client() {
             &batches,
         );
     }
+    let sql = "SELECT count(*) AS n FROM orders o JOIN customer c ON o.o_custkey = c.c_custkey \
+               WHERE c.c_mktsegment = 'BUILDING' AND o.o_orderdate < DATE '1995-03-15'";
+    let batches = reference.sql(sql).await.unwrap().collect().await.unwrap();
+    write_ipc(&expected.path().join("param_building.arrow"), &batches);
     let uri = cluster.scheduler_url.replace("http://", "grpc://");
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),

@@ -113,6 +113,16 @@ def main():
             same("prepared(1000)", read_expected(args.expected, "param_1000"), cur.fetch_arrow_table())
             cur.execute(sql, parameters=(50000,))
             same("prepared(50000)", read_expected(args.expected, "param_50000"), cur.fetch_arrow_table())
+            # Strings and dates as Python binds them (utf8, date32) against Parquet columns
+            # (read as Utf8View, Date32).
+            import datetime
+
+            cur.execute(
+                "SELECT count(*) AS n FROM orders o JOIN customer c ON o.o_custkey = c.c_custkey "
+                "WHERE c.c_mktsegment = ? AND o.o_orderdate < ?",
+                parameters=("BUILDING", datetime.date(1995, 3, 15)),
+            )
+            same("prepared(string, date)", read_expected(args.expected, "param_building"), cur.fetch_arrow_table())
         print("prepared statement: parameters bound")
 
         # Bad input: a clear error, and the server keeps serving.
