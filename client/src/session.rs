@@ -81,7 +81,7 @@ impl EmberSession {
     /// A session on the cluster whose scheduler is at `url` (several comma-separated are
     /// tried in turn).
     pub async fn connect(url: &str) -> Result<Self> {
-        Ok(Self::with_client(EmberClient::connect(url).await?, None))
+        Self::with_client(EmberClient::connect(url).await?, None)
     }
 
     /// A session on an embedded cluster of `executors` executors started in this process
@@ -89,13 +89,14 @@ impl EmberSession {
     pub async fn embedded(executors: usize) -> Result<Self> {
         let cluster = EmbeddedCluster::start(executors, 0).await?;
         let client = cluster.client().await?;
-        Ok(Self::with_client(client, Some(cluster)))
+        Self::with_client(client, Some(cluster))
     }
 
-    /// A session over an existing client.
-    pub fn with_client(client: EmberClient, embedded: Option<EmbeddedCluster>) -> Self {
+    /// A session over an existing client. Object stores (`s3://`) are set up from this
+    /// process's `EMBER_S3_*` / `AWS_*` environment; a malformed value is an error.
+    pub fn with_client(client: EmberClient, embedded: Option<EmbeddedCluster>) -> Result<Self> {
         let stores = ember_core::object_stores::EmberObjectStores::new(
-            ember_core::object_stores::ObjectStoreConfig::from_env(),
+            ember_core::object_stores::ObjectStoreConfig::from_env()?,
         );
         let runtime = datafusion::execution::runtime_env::RuntimeEnvBuilder::new()
             .with_object_store_registry(stores)
@@ -109,11 +110,11 @@ impl EmberSession {
                 client: client.clone(),
             }))
             .build();
-        Self {
+        Ok(Self {
             ctx: SessionContext::new_with_state(state),
             client,
             embedded,
-        }
+        })
     }
 
     /// The client underneath, for SQL and job control.

@@ -56,16 +56,16 @@ pub struct ObjectStoreConfig {
     pub s3_allow_http: bool,
 }
 
-impl Default for ObjectStoreConfig {
-    fn default() -> Self {
-        Self::from_env()
-    }
-}
-
 impl ObjectStoreConfig {
-    /// The configuration the environment gives (for clients, which take no flags).
-    pub fn from_env() -> Self {
-        Self::parse_from(["ember"])
+    /// The configuration the environment gives (for clients, which take no flags); a
+    /// malformed `EMBER_S3_*` value is an error naming it.
+    pub fn from_env() -> crate::Result<Self> {
+        Self::try_parse_from(["ember"]).map_err(|e| {
+            crate::EmberError::User(format!(
+                "object store settings in the environment: {}",
+                e.render().to_string().trim()
+            ))
+        })
     }
 
     fn s3_builder(&self, bucket: &str) -> AmazonS3Builder {
@@ -179,7 +179,7 @@ mod tests {
         let config = ObjectStoreConfig {
             s3_access_key_id: Some("AKIDEXAMPLE".into()),
             s3_secret_access_key: Some("very-secret".into()),
-            ..Default::default()
+            ..ObjectStoreConfig::from_env().unwrap()
         };
         let shown = format!("{config:?}");
         assert!(
@@ -192,7 +192,7 @@ mod tests {
     fn s3_buckets_resolve_and_other_schemes_are_refused_clearly() {
         let stores = EmberObjectStores::new(ObjectStoreConfig {
             s3_endpoint: Some("http://127.0.0.1:1".into()),
-            ..Default::default()
+            ..ObjectStoreConfig::from_env().unwrap()
         });
         let a = stores
             .get_store(&Url::parse("s3://bucket-a/x").unwrap())
