@@ -114,7 +114,8 @@ pub fn apply(args: &[OsString]) -> Result<()> {
     let commands = command_path(args);
     let known = env_names(&commands);
     let command_name = commands.join(" ");
-    let mut settings: Vec<(String, toml::Value)> = Vec::new();
+    // (key, value, whether it sits in the command's own table)
+    let mut settings: Vec<(String, toml::Value, bool)> = Vec::new();
     let all_commands: Vec<String> = Cli::command()
         .get_subcommands()
         .map(|c| c.get_name().to_string())
@@ -126,20 +127,22 @@ pub fn apply(args: &[OsString]) -> Result<()> {
                     bail!("{}: no command is named [{key}]", path.display());
                 }
                 if commands.first() == Some(&key) {
-                    settings.extend(section);
+                    settings.extend(section.into_iter().map(|(k, v)| (k, v, true)));
                 }
             }
-            value => settings.push((key, value)),
+            value => settings.push((key, value, false)),
         }
     }
-    for (key, value) in settings {
+    for (key, value, own) in settings {
         let Some(env) = known.get(&key) else {
-            // Top-level keys may belong to other commands; a key no command knows is a typo.
-            if env_names_anywhere().contains(&key) {
+            // Top-level keys may belong to other commands; a key no command knows, or one in
+            // this command's table that it does not take from a file, is a mistake.
+            if !own && env_names_anywhere().contains(&key) {
                 continue;
             }
             bail!(
-                "{}: unknown setting {key:?} (see `ember {command_name} --help`)",
+                "{}: unknown setting {key:?} for `ember {command_name}` (see its --help; \
+                 options without an EMBER_* variable are not read from the file)",
                 path.display()
             );
         };

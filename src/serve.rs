@@ -6,7 +6,16 @@ use ember_client::EmbeddedCluster;
 use ember_executor::ExecutorConfig;
 use ember_scheduler::SchedulerConfig;
 
-use crate::cli::StandaloneArgs;
+use crate::cli::{LogFormat, StandaloneArgs};
+
+/// Tells the operator what a server does (where it listens, how it stops): a plain line on
+/// stderr, or a log event when logs are JSON lines (so that every line stays JSON).
+fn announce(format: LogFormat, message: &str) {
+    match format {
+        LogFormat::Text => eprintln!("{message}"),
+        LogFormat::Json => tracing::info!("{message}"),
+    }
+}
 
 async fn terminated() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -23,26 +32,30 @@ async fn terminated() {
     let _ = ctrl_c.await;
 }
 
-pub async fn scheduler(config: SchedulerConfig) -> Result<()> {
+pub async fn scheduler(config: SchedulerConfig, format: LogFormat) -> Result<()> {
     let advertised = config.advertise_addr.clone();
     let handle = ember_scheduler::start(config).await?;
-    match advertised {
-        Some(a) => eprintln!(
+    let message = match advertised {
+        Some(a) => format!(
             "ember scheduler listening on {} (dial {a})",
             handle.local_addr
         ),
-        None => eprintln!("ember scheduler listening on {}", handle.local_addr),
-    }
+        None => format!("ember scheduler listening on {}", handle.local_addr),
+    };
+    announce(format, &message);
     terminated().await;
     handle.shutdown().await?;
     Ok(())
 }
 
-pub async fn executor(config: ExecutorConfig) -> Result<()> {
+pub async fn executor(config: ExecutorConfig, format: LogFormat) -> Result<()> {
     let handle = ember_executor::start(config).await?;
-    eprintln!(
-        "ember executor {} listening on {}",
-        handle.executor_id, handle.local_addr
+    announce(
+        format,
+        &format!(
+            "ember executor {} listening on {}",
+            handle.executor_id, handle.local_addr
+        ),
     );
     tokio::select! {
         _ = terminated() => {}
@@ -55,12 +68,12 @@ pub async fn executor(config: ExecutorConfig) -> Result<()> {
     // until its jobs are done. A second signal stops at once.
     tokio::select! {
         _ = handle.drain() => {}
-        _ = terminated() => eprintln!("ember executor: stopping without draining"),
+        _ = terminated() => announce(format, "ember executor: stopping without draining"),
     }
     Ok(())
 }
 
-pub async fn standalone(args: StandaloneArgs) -> Result<()> {
+pub async fn standalone(args: StandaloneArgs, format: LogFormat) -> Result<()> {
     let scheduler = SchedulerConfig {
         http_bind: args.http_bind.clone(),
         ..SchedulerConfig::default()
@@ -70,10 +83,13 @@ pub async fn standalone(args: StandaloneArgs) -> Result<()> {
     if let Some(path) = &args.port_file {
         std::fs::write(path, cluster.scheduler_port().to_string())?;
     }
-    eprintln!(
-        "ember standalone: scheduler on port {} with {} executors",
-        cluster.scheduler_port(),
-        cluster.executors().len()
+    announce(
+        format,
+        &format!(
+            "ember standalone: scheduler on port {} with {} executors",
+            cluster.scheduler_port(),
+            cluster.executors().len()
+        ),
     );
     terminated().await;
     cluster.shutdown().await;

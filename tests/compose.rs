@@ -14,7 +14,7 @@ use datafusion::arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use tonic::transport::Channel;
 
-use crate::support::{assert_same_rows, datafusion_reference_at, http_get, tpch_dir_large};
+use crate::support::{assert_same_rows, datafusion_reference_at, tpch_dir_large};
 
 /// A compose project, taken down (volumes too) when dropped.
 struct Compose {
@@ -46,6 +46,15 @@ impl Compose {
         format!("{}_{service}_1", self.project)
     }
 
+    /// `docker inspect --format FORMAT container`, trimmed.
+    fn inspect(&self, container: &str, format: &str) -> String {
+        let out = Command::new("docker")
+            .args(["inspect", "--format", format, container])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     fn docker(&self, args: &[&str]) {
         let out = Command::new("docker").args(args).output().unwrap();
         assert!(
@@ -73,8 +82,9 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A metric's value, `None` while the process does not answer (starting, killed).
 fn metric(port: u16, name: &str) -> Option<f64> {
-    let (status, body) = http_get(port, "/metrics");
+    let (status, body) = ember::http_get(port, "/metrics").ok()?;
     if status != 200 {
         return None;
     }
@@ -181,6 +191,17 @@ async fn the_compose_cluster_answers_through_kills_and_a_network_cut() {
     wait_until("a leader with three executors", || {
         leader().is_some_and(|i| metric(http[i], "ember_executors") == Some(3.0))
     });
+    // The image's healthcheck (`ember probe`) passes for both roles, which run unprivileged.
+    for service in ["scheduler-1", "executor-1"] {
+        let container = compose.container(service);
+        wait_until(&format!("{service} healthy"), || {
+            compose.inspect(&container, "{{.State.Health.Status}}") == "healthy"
+        });
+        assert_eq!(
+            compose.inspect(&container, "{{.Config.User}}"),
+            "10001:10001"
+        );
+    }
 
     let mut client = flight(grpc[0]).await;
     for table in ember::tpch::TABLES {

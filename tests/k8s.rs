@@ -51,6 +51,13 @@ fn overlays_render_validate_and_keep_their_contract() {
         port(&executor.http_bind)
     );
     let drain = file["executor"]["drain-timeout-secs"].as_integer().unwrap();
+    // Every role accepts the file (a key it did not know would crash-loop its pods).
+    for role in ["scheduler", "executor"] {
+        run(Command::new(env!("CARGO_BIN_EXE_ember"))
+            .arg("--config")
+            .arg(root.join("k8s/base/ember.toml"))
+            .args([role, "--help"]));
+    }
 
     let dir = tempfile::tempdir().unwrap();
     for overlay in OVERLAYS {

@@ -84,13 +84,12 @@ pub struct SchedulerConfig {
 }
 
 /// The defaults (and `EMBER_*` variables) for a scheduler embedded in another program: as on
-/// the command line, but without the HTTP endpoint unless `EMBER_SCHEDULER_HTTP_BIND` asks.
+/// the command line, but without the HTTP endpoint (`ember standalone` sets its own), so that
+/// an embedded cluster never takes a `ember scheduler`'s port on the same host.
 impl Default for SchedulerConfig {
     fn default() -> Self {
         let mut config = SchedulerConfig::parse_from(["scheduler"]);
-        if std::env::var_os("EMBER_SCHEDULER_HTTP_BIND").is_none() {
-            config.http_bind = "off".into();
-        }
+        config.http_bind = "off".into();
         config
     }
 }
