@@ -249,6 +249,53 @@ async fn an_etl_job_reads_and_writes_partitioned_parquet_on_s3() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 
+    // A write cancelled mid-way (quick tasks staged their files, slow ones still run) leaves
+    // nothing on S3 either.
+    let job = client
+        .submit(&format!(
+            "COPY (SELECT c_comment AS h FROM s3_customer UNION ALL \
+                   SELECT sha256(repeat(o_comment, 200)) AS h FROM s3_orders) \
+             TO 's3://{BUCKET}/out/cancelled/' STORED AS PARQUET"
+        ))
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let status = client
+            .status(&job, std::time::Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert_eq!(
+            status.state,
+            ember_core::job::JobState::Running,
+            "{status:?}"
+        );
+        let staged = keys_under(store.as_ref(), "out/cancelled")
+            .await
+            .iter()
+            .any(|k| k.contains("_ember_staging") && k.ends_with(".parquet"));
+        if staged {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no task staged its files within 60 s"
+        );
+    }
+    assert!(client.cancel(&job).await.unwrap());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = keys_under(store.as_ref(), "out/cancelled").await;
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "files left on S3 after the cancel: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+
     // The credentials stay in the processes: not in EXPLAIN, the catalog, or any log line.
     let explain = client
         .sql("EXPLAIN SELECT sum(o_totalprice) FROM s3_orders")
