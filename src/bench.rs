@@ -1,5 +1,6 @@
 //! `ember bench tpch`: runs TPC-H queries on single-node DataFusion and on Ember in the same
-//! process, alternating, and reports medians and their ratio.
+//! process, alternating, and reports medians and their ratio. `ember bench latency`: the round
+//! trip of a small statement through a cluster.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -12,20 +13,95 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_client::{EmbeddedCluster, EmberClient};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::{BenchArgs, BenchMode, BenchSuite};
+use crate::cli::{BenchArgs, BenchMode, BenchSuite, TpchBenchArgs};
 use crate::{sql, tpch};
 
 struct QueryTiming {
     query: usize,
     datafusion: Duration,
     ember: Duration,
+    /// CPU time the engine's processes used (median), where the platform reports it.
+    datafusion_cpu: Option<Duration>,
+    ember_cpu: Option<Duration>,
     rows: usize,
     shuffle_bytes: u64,
     tasks: u32,
 }
 
 pub async fn run(args: BenchArgs) -> Result<()> {
-    let BenchSuite::Tpch {
+    match args.suite {
+        BenchSuite::Tpch(args) => tpch_bench(args).await,
+        BenchSuite::Latency(args) => {
+            let (client, embedded) = match (&args.scheduler, &args.etcd) {
+                (Some(url), _) => (EmberClient::connect(url).await?, None),
+                (None, Some(etcd)) => (
+                    EmberClient::connect_etcd(etcd, &args.cluster_name).await?,
+                    None,
+                ),
+                (None, None) => {
+                    let cluster = EmbeddedCluster::start(args.executors, 0).await?;
+                    (cluster.client().await?, Some(cluster))
+                }
+            };
+            let df = SessionContext::new();
+            if let Some(dir) = &args.tables {
+                for statement in sql::table_ddl(dir)? {
+                    df.sql(&statement).await?.collect().await?;
+                    client.sql(&statement).await?;
+                }
+            }
+            let result = latency(&client, &df, &args.sql, args.iterations.max(1)).await;
+            if let Some(cluster) = embedded {
+                cluster.shutdown().await;
+            }
+            result
+        }
+    }
+}
+
+/// Times `sql` through `client` and on single-node DataFusion, `iterations` times each after
+/// ten untimed runs, and prints the percentiles.
+async fn latency(
+    client: &EmberClient,
+    df: &SessionContext,
+    sql: &str,
+    iterations: usize,
+) -> Result<()> {
+    let mut ember = Vec::with_capacity(iterations);
+    let mut datafusion = Vec::with_capacity(iterations);
+    for i in 0..iterations + 10 {
+        let start = Instant::now();
+        client.sql(sql).await.context("Ember")?;
+        let e = start.elapsed();
+        let start = Instant::now();
+        df.sql(sql).await?.collect().await.context("DataFusion")?;
+        let d = start.elapsed();
+        if i >= 10 {
+            ember.push(e);
+            datafusion.push(d);
+        }
+    }
+    ember.sort();
+    datafusion.sort();
+    let at =
+        |times: &[Duration], p: f64| ms(times[((times.len() - 1) as f64 * p).round() as usize]);
+    println!("{sql:?}: {iterations} round trips, client connected (ms)");
+    println!("{:<12}{:>9}{:>9}{:>9}{:>9}", "", "p50", "p90", "p99", "max");
+    for (name, times) in [("ember", &ember), ("datafusion", &datafusion)] {
+        println!(
+            "{:<12}{:>9.2}{:>9.2}{:>9.2}{:>9.2}",
+            name,
+            at(times, 0.5),
+            at(times, 0.9),
+            at(times, 0.99),
+            at(times, 1.0)
+        );
+    }
+    Ok(())
+}
+
+async fn tpch_bench(args: TpchBenchArgs) -> Result<()> {
+    let TpchBenchArgs {
         scale_factor,
         data,
         executors,
@@ -33,7 +109,7 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         queries,
         iterations,
         output,
-    } = args.suite;
+    } = args;
     let queries = if queries.is_empty() {
         (1..=22).collect()
     } else {
@@ -74,9 +150,12 @@ pub async fn run(args: BenchArgs) -> Result<()> {
         let text = tpch::query(q).expect("checked above");
         let mut df_times = Vec::new();
         let mut ember_times = Vec::new();
+        let mut df_cpu = Vec::new();
+        let mut ember_cpu = Vec::new();
         let mut last = None;
         for _ in 0..iterations {
             progress.set_message(format!("q{q} DataFusion"));
+            let cpu = cpu_time(&[std::process::id()]);
             let start = Instant::now();
             df.sql(text)
                 .await?
@@ -84,14 +163,18 @@ pub async fn run(args: BenchArgs) -> Result<()> {
                 .await
                 .with_context(|| format!("DataFusion q{q}"))?;
             df_times.push(start.elapsed());
+            df_cpu.extend(cpu_since(cpu, &[std::process::id()]));
             progress.inc(1);
             progress.set_message(format!("q{q} Ember"));
+            let pids = cluster.pids();
+            let cpu = cpu_time(&pids);
             let start = Instant::now();
             let result = client
                 .sql(text)
                 .await
                 .with_context(|| format!("Ember q{q}"))?;
             ember_times.push(start.elapsed());
+            ember_cpu.extend(cpu_since(cpu, &pids));
             progress.inc(1);
             last = Some(result);
         }
@@ -100,6 +183,8 @@ pub async fn run(args: BenchArgs) -> Result<()> {
             query: q,
             datafusion: median(&mut df_times),
             ember: median(&mut ember_times),
+            datafusion_cpu: (df_cpu.len() == iterations).then(|| median(&mut df_cpu)),
+            ember_cpu: (ember_cpu.len() == iterations).then(|| median(&mut ember_cpu)),
             rows: last.num_rows(),
             shuffle_bytes: last.status.shuffle_bytes,
             tasks: last.status.tasks_total,
@@ -151,33 +236,86 @@ fn report(results: &[QueryTiming], sf: f64, how: &str) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<6}{:>14}{:>12}{:>8}{:>8}{:>14}{:>7}",
-        "query", "datafusion ms", "ember ms", "ratio", "rows", "shuffle bytes", "tasks"
+        "{:<6}{:>14}{:>12}{:>8}{:>8}{:>14}{:>7}{:>9}{:>11}",
+        "query",
+        "datafusion ms",
+        "ember ms",
+        "ratio",
+        "rows",
+        "shuffle bytes",
+        "tasks",
+        "df cpu",
+        "ember cpu"
     );
     for t in results {
         let _ = writeln!(
             out,
-            "{:<6}{:>14.1}{:>12.1}{:>8.2}{:>8}{:>14}{:>7}",
+            "{:<6}{:>14.1}{:>12.1}{:>8.2}{:>8}{:>14}{:>7}{:>9}{:>11}",
             format!("q{}", t.query),
             ms(t.datafusion),
             ms(t.ember),
             ratio(t),
             t.rows,
             t.shuffle_bytes,
-            t.tasks
+            t.tasks,
+            cores_busy(t.datafusion_cpu, t.datafusion),
+            cores_busy(t.ember_cpu, t.ember)
         );
     }
     let df: f64 = results.iter().map(|t| ms(t.datafusion)).sum();
     let ember: f64 = results.iter().map(|t| ms(t.ember)).sum();
+    let total =
+        |f: fn(&QueryTiming) -> Option<Duration>| results.iter().map(f).sum::<Option<Duration>>();
     let _ = writeln!(
         out,
-        "{:<6}{:>14.1}{:>12.1}{:>8.2}",
+        "{:<6}{:>14.1}{:>12.1}{:>8.2}{:>37}{:>9}{:>11}",
         "total",
         df,
         ember,
-        ember / df.max(1e-9)
+        ember / df.max(1e-9),
+        "",
+        cores_busy(
+            total(|t| t.datafusion_cpu),
+            Duration::from_secs_f64(df / 1000.0)
+        ),
+        cores_busy(
+            total(|t| t.ember_cpu),
+            Duration::from_secs_f64(ember / 1000.0)
+        )
+    );
+    let _ = writeln!(
+        out,
+        "(cpu: cores busy on average while the query ran, CPU time / wall time)"
     );
     out
+}
+
+/// `cpu / wall` as "1.87x", or "-" where CPU time is not known.
+fn cores_busy(cpu: Option<Duration>, wall: Duration) -> String {
+    match cpu {
+        Some(cpu) => format!("{:.2}x", cpu.as_secs_f64() / wall.as_secs_f64().max(1e-9)),
+        None => "-".into(),
+    }
+}
+
+/// CPU time (user + system) the processes `pids` have used so far: `/proc/PID/stat` on Linux,
+/// in its fixed 100 Hz ticks; `None` elsewhere or when a process is gone.
+fn cpu_time(pids: &[u32]) -> Option<Duration> {
+    let mut ticks = 0u64;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces) in parentheses.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        ticks += utime + stime;
+    }
+    Some(Duration::from_millis(ticks * 10))
+}
+
+fn cpu_since(before: Option<Duration>, pids: &[u32]) -> Option<Duration> {
+    Some(cpu_time(pids)?.saturating_sub(before?))
 }
 
 fn json(results: &[QueryTiming], sf: f64, executors: usize, mode: BenchMode) -> String {
@@ -185,14 +323,16 @@ fn json(results: &[QueryTiming], sf: f64, executors: usize, mode: BenchMode) -> 
         .iter()
         .map(|t| {
             format!(
-                "{{\"query\":{},\"datafusion_ms\":{:.3},\"ember_ms\":{:.3},\"ratio\":{:.4},\"rows\":{},\"shuffle_bytes\":{},\"tasks\":{}}}",
+                "{{\"query\":{},\"datafusion_ms\":{:.3},\"ember_ms\":{:.3},\"ratio\":{:.4},\"rows\":{},\"shuffle_bytes\":{},\"tasks\":{},\"datafusion_cpu_ms\":{},\"ember_cpu_ms\":{}}}",
                 t.query,
                 ms(t.datafusion),
                 ms(t.ember),
                 ratio(t),
                 t.rows,
                 t.shuffle_bytes,
-                t.tasks
+                t.tasks,
+                t.datafusion_cpu.map_or("null".into(), |c| format!("{:.0}", ms(c))),
+                t.ember_cpu.map_or("null".into(), |c| format!("{:.0}", ms(c)))
             )
         })
         .collect();
@@ -228,6 +368,16 @@ impl Cluster {
             Cluster::Embedded(c) => c.shutdown().await,
             Cluster::Processes(p) => drop(p),
         }
+    }
+
+    /// The processes whose CPU time is Ember's: this one (the client, and an embedded
+    /// cluster), and the scheduler and executor processes.
+    fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![std::process::id()];
+        if let Cluster::Processes(p) = self {
+            pids.extend(p.children.iter().map(Child::id));
+        }
+        pids
     }
 }
 

@@ -254,27 +254,59 @@ pub enum BenchMode {
 #[derive(Debug, Subcommand)]
 pub enum BenchSuite {
     /// TPC-H queries on Ember and on single-node DataFusion, alternating.
-    Tpch {
-        #[arg(long, env = "EMBER_SCALE_FACTOR", default_value_t = 1.0)]
-        scale_factor: f64,
-        /// Where the generated data is kept (generated when missing).
-        #[arg(long, env = "EMBER_BENCH_DATA")]
-        data: Option<PathBuf>,
-        /// Executors (their slots share out the CPU cores).
-        #[arg(long, default_value_t = 2)]
-        executors: usize,
-        /// Where Ember runs: `local`, an embedded cluster in this process; `processes`, a
-        /// scheduler and executor processes on loopback.
-        #[arg(long, value_enum, default_value_t = BenchMode::Local)]
-        mode: BenchMode,
-        /// Queries to run, e.g. `1,3,18` (default: all 22).
-        #[arg(long, value_delimiter = ',')]
-        queries: Vec<usize>,
-        /// Timed runs per query and engine (the median is reported).
-        #[arg(long, default_value_t = 3)]
-        iterations: usize,
-        /// Also write the results as JSON to this file.
-        #[arg(long)]
-        output: Option<PathBuf>,
-    },
+    Tpch(TpchBenchArgs),
+    /// The round trip of one small statement through a cluster, client connected: latency
+    /// percentiles, next to single-node DataFusion's for the same statement in this process.
+    Latency(LatencyBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TpchBenchArgs {
+    #[arg(long, env = "EMBER_SCALE_FACTOR", default_value_t = 1.0)]
+    pub scale_factor: f64,
+    /// Where the generated data is kept (generated when missing).
+    #[arg(long, env = "EMBER_BENCH_DATA")]
+    pub data: Option<PathBuf>,
+    /// Executors (their slots share out the CPU cores).
+    #[arg(long, default_value_t = 2)]
+    pub executors: usize,
+    /// Where Ember runs: `local`, an embedded cluster in this process; `processes`, a
+    /// scheduler and executor processes on loopback.
+    #[arg(long, value_enum, default_value_t = BenchMode::Local)]
+    pub mode: BenchMode,
+    /// Queries to run, e.g. `1,3,18` (default: all 22).
+    #[arg(long, value_delimiter = ',')]
+    pub queries: Vec<usize>,
+    /// Timed runs per query and engine (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub iterations: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct LatencyBenchArgs {
+    /// Scheduler URL(s) of a running cluster (comma-separated); default: an embedded cluster
+    /// in this process.
+    #[arg(long, conflicts_with = "etcd")]
+    pub scheduler: Option<String>,
+    /// etcd endpoints of a running cluster (the client finds the leader there).
+    #[arg(long)]
+    pub etcd: Option<String>,
+    /// Name of the cluster in etcd.
+    #[arg(long, default_value = "default")]
+    pub cluster_name: String,
+    /// Executors of the embedded cluster (when no cluster is named).
+    #[arg(long, default_value_t = 2)]
+    pub executors: usize,
+    /// The statement timed.
+    #[arg(long, default_value = "SELECT 1")]
+    pub sql: String,
+    /// Register each sub-folder or file of DIR as a table, in the cluster and in DataFusion.
+    #[arg(long)]
+    pub tables: Option<PathBuf>,
+    /// Timed round trips (after 10 untimed ones).
+    #[arg(long, default_value_t = 200)]
+    pub iterations: usize,
 }
