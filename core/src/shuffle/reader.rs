@@ -159,23 +159,28 @@ fn read_location(
     location: PartitionLocation,
 ) -> stream::BoxStream<'static, Result<datafusion::arrow::array::RecordBatch>> {
     let open = async move {
-        let local = location.executor_id == env.executor_id;
-        let data = if local {
+        if location.executor_id == env.executor_id {
+            // Held here: the batches themselves, no encoding or copying.
             let counters = Arc::clone(&env.counters);
-            env.store
-                .partition_stream(&location.ticket())?
-                .inspect_ok(move |d| {
-                    let n = (d.data_header.len() + d.data_body.len()) as u64;
+            let batches = env
+                .store
+                .partition_batches(&location.ticket())?
+                .inspect_ok(move |b| {
+                    let n = super::store::data_bytes(b) as u64;
                     ExecutorCounters::add(&counters.bytes_read_local, n);
                 })
-                .boxed()
-        } else {
-            env.fetcher
-                .fetch(&location, Some(Arc::clone(&env.counters)))
-                .await?
-        };
-        let batches = flight_data_stream(data).map_err(move |e| to_datafusion(e, &location));
-        Ok::<_, EmberError>(batches)
+                .map_err(DataFusionError::from)
+                .boxed();
+            return Ok::<_, EmberError>(batches);
+        }
+        let data = env
+            .fetcher
+            .fetch(&location, Some(Arc::clone(&env.counters)))
+            .await?;
+        let batches = flight_data_stream(data)
+            .map_err(move |e| to_datafusion(e, &location))
+            .boxed();
+        Ok(batches)
     };
     stream::once(open)
         .map_err(DataFusionError::from)

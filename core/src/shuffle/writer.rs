@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::memory_pool::MemoryPool;
 use datafusion::physical_expr::EquivalenceProperties;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -189,14 +189,12 @@ impl ExecutionPlan for ShuffleWriterExec {
             .ok_or_else(|| {
                 DataFusionError::Internal("ShuffleWriterExec runs only on an executor".into())
             })?;
-        let reservation = MemoryConsumer::new(format!("ShuffleWriterExec[{partition}]"))
-            .with_can_spill(true)
-            .register(context.memory_pool());
+        let pool = Arc::clone(context.memory_pool());
         let input = self.input.execute(partition, context)?;
         let input_partitions = self.input.output_partitioning().partition_count();
         let write = write_partition(
             env,
-            reservation,
+            pool,
             self.job_id.clone(),
             self.stage_id,
             partition,
@@ -214,7 +212,7 @@ impl ExecutionPlan for ShuffleWriterExec {
 #[allow(clippy::too_many_arguments)]
 async fn write_partition(
     env: Arc<ShuffleEnv>,
-    reservation: MemoryReservation,
+    pool: Arc<dyn MemoryPool>,
     job_id: String,
     stage_id: u32,
     map: usize,
@@ -243,7 +241,7 @@ async fn write_partition(
             partitions,
             &env.config,
         )?
-        .with_reservation(reservation);
+        .with_memory_pool(&pool, format!("ShuffleWriterExec[{map}]"));
     let batch_rows = env.config.batch_rows;
     let mut coalescers: Vec<BatchCoalescer> = (0..partitions)
         .map(|_| BatchCoalescer::new(Arc::clone(&schema), batch_rows))
