@@ -341,10 +341,10 @@ impl MapOutputWriter {
         if batch.num_rows() == 0 {
             return Ok(());
         }
-        let size = batch.get_array_memory_size();
+        let size = data_bytes(batch);
         let stats = &mut self.stats[partition];
         stats.rows += batch.num_rows() as u64;
-        stats.bytes += data_bytes(batch) as u64;
+        stats.bytes += size as u64;
         self.partitions[partition].batches.push(batch.clone());
         self.buffered += size;
         let pool_full = self
@@ -416,13 +416,36 @@ impl MapOutputWriter {
     }
 }
 
-/// The bytes of a batch's buffers (as an IPC body would hold them, before padding).
+/// The bytes a batch's rows take (as an IPC body would hold them, before padding). Not
+/// `get_array_memory_size`, which counts whole shared buffers: string views share blocks of
+/// string data among the batches a coalescer makes, and counting a block for each of them made
+/// the shuffle spill long before its budget.
 pub(crate) fn data_bytes(batch: &RecordBatch) -> usize {
     batch
         .columns()
         .iter()
-        .map(|c| c.to_data().get_slice_memory_size().unwrap_or(0))
+        .map(|c| array_bytes(c.as_ref()))
         .sum()
+}
+
+fn array_bytes(array: &dyn datafusion::arrow::array::Array) -> usize {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::DataType;
+    // Views count their 16 bytes each plus the strings stored outside them (over 12 bytes).
+    let views = |lengths: &mut dyn Iterator<Item = u32>| -> usize {
+        array.len() * 16
+            + lengths
+                .filter(|&l| l > 12)
+                .map(|l| l as usize)
+                .sum::<usize>()
+    };
+    match array.data_type() {
+        DataType::Utf8View => views(&mut array.as_string_view().views().iter().map(|v| *v as u32)),
+        DataType::BinaryView => {
+            views(&mut array.as_binary_view().views().iter().map(|v| *v as u32))
+        }
+        _ => array.to_data().get_slice_memory_size().unwrap_or(0),
+    }
 }
 
 #[cfg(test)]
@@ -469,7 +492,7 @@ mod tests {
         let config = ShuffleConfig {
             batch_rows: 8192,
             memory_budget: if spill {
-                batches[0].get_array_memory_size() + 1
+                data_bytes(&batches[0]) + 1
             } else {
                 1 << 30
             },
@@ -528,7 +551,7 @@ mod tests {
     fn finished_outputs_hold_their_memory_in_the_pool_or_spill() {
         use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryPool};
         let b = batch(0, 1000);
-        let size = b.get_array_memory_size();
+        let size = data_bytes(&b);
         for (pool_bytes, kept) in [(10 * size, true), (size / 2, false)] {
             let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(pool_bytes));
             let dir = tempfile::tempdir().unwrap();
@@ -550,6 +573,28 @@ mod tests {
             store.remove_job("job");
             assert_eq!(pool.reserved(), 0, "released with the job");
         }
+    }
+
+    #[test]
+    fn string_views_count_their_own_strings_not_the_shared_blocks() {
+        use datafusion::arrow::array::{Array, StringViewArray};
+        let long = "a string longer than twelve bytes";
+        let all: StringViewArray = (0..1000).map(|i| Some(format!("{long} {i:04}"))).collect();
+        let per_row = 16 + long.len() + 5;
+        let schema = Arc::new(datafusion::arrow::datatypes::Schema::new(vec![
+            datafusion::arrow::datatypes::Field::new("s", DataType::Utf8View, false),
+        ]));
+        let half = RecordBatch::try_new(schema, vec![Arc::new(all.slice(0, 500))]).unwrap();
+        assert_eq!(data_bytes(&half), 500 * per_row);
+        // The slice still holds the block with every string: counting buffers says much more.
+        assert!(half.get_array_memory_size() > data_bytes(&half) * 3 / 2);
+        let short: StringViewArray = (0..10).map(|i| Some(format!("s{i}"))).collect();
+        assert_eq!(
+            array_bytes(&short),
+            10 * 16,
+            "inlined strings live in their views"
+        );
+        assert_eq!(short.len(), 10);
     }
 
     #[tokio::test]
