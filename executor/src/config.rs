@@ -60,9 +60,10 @@ pub struct ExecutorConfig {
     #[arg(long, env = "EMBER_HEARTBEAT_INTERVAL_MS", default_value_t = 2000)]
     pub heartbeat_interval_ms: u64,
 
-    /// Shuffle output one task keeps in memory before spilling it to disk, in MiB (earlier
-    /// when the executor's memory pool, which also counts the outputs it holds, is full).
-    #[arg(long, env = "EMBER_SHUFFLE_MEMORY_MB", default_value_t = 256)]
+    /// Shuffle output one task may keep in memory before spilling it to disk, in MiB. 0 (the
+    /// default): as much as the executor's memory pool grants (the pool also counts the
+    /// outputs the executor holds, so the shuffle spills once it is full).
+    #[arg(long, env = "EMBER_SHUFFLE_MEMORY_MB", default_value_t = 0)]
     pub shuffle_memory_mb: usize,
 
     /// Compression of shuffle data: `none` (default: on fast networks and one host, compressing

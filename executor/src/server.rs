@@ -134,7 +134,10 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         fetcher: Arc::new(FlightFetcher::new()),
         counters: Arc::clone(&counters),
         config: ShuffleConfig {
-            memory_budget: config.shuffle_memory_mb.max(1) * 1024 * 1024,
+            memory_budget: match config.shuffle_memory_mb {
+                0 => usize::MAX,
+                mb => mb.saturating_mul(1024 * 1024),
+            },
             compression: config.shuffle_compression == ShuffleCompression::Lz4,
             ..ShuffleConfig::default()
         },

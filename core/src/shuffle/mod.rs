@@ -125,7 +125,8 @@ impl ShuffleTicket {
 pub struct ShuffleConfig {
     /// Rows per IPC message (batches are coalesced up to, and split down to, this size).
     pub batch_rows: usize,
-    /// Memory a map task's output may take before it spills to disk.
+    /// Memory a map task's output may take before it spills to disk (besides what the memory
+    /// pool grants; `usize::MAX`: only the pool limits it).
     pub memory_budget: usize,
     /// LZ4-compress the IPC bodies (less to store and send, more CPU).
     pub compression: bool,
@@ -135,7 +136,7 @@ impl Default for ShuffleConfig {
     fn default() -> Self {
         Self {
             batch_rows: 8192,
-            memory_budget: 256 * 1024 * 1024,
+            memory_budget: usize::MAX,
             compression: true,
         }
     }
