@@ -128,6 +128,23 @@ async fn keys_under(store: &dyn ObjectStore, prefix: &str) -> Vec<String> {
     keys
 }
 
+/// Polls until no key is left under `prefix` (staging is deleted at once, and again once
+/// cancelled tasks have stopped).
+async fn wait_no_keys(store: &dyn ObjectStore, prefix: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let left = keys_under(store, prefix).await;
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "files left on S3 under {prefix}: {left:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_etl_job_reads_and_writes_partitioned_parquet_on_s3() {
     let moto = Moto::start();
@@ -236,18 +253,7 @@ async fn an_etl_job_reads_and_writes_partitioned_parquet_on_s3() {
         .await
         .expect_err("names are not numbers");
     assert!(e.to_string().contains("Cast"), "{e}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let left = keys_under(store.as_ref(), "out/failed").await;
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "files left on S3: {left:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_no_keys(store.as_ref(), "out/failed").await;
 
     // A write cancelled mid-way (quick tasks staged their files, slow ones still run) leaves
     // nothing on S3 either.
@@ -283,18 +289,7 @@ async fn an_etl_job_reads_and_writes_partitioned_parquet_on_s3() {
         );
     }
     assert!(client.cancel(&job).await.unwrap());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    loop {
-        let left = keys_under(store.as_ref(), "out/cancelled").await;
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "files left on S3 after the cancel: {left:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    wait_no_keys(store.as_ref(), "out/cancelled").await;
 
     // The credentials stay in the processes: not in EXPLAIN, the catalog, or any log line.
     let explain = client
