@@ -52,6 +52,14 @@ fn batch(rows: usize, seed: i64) -> RecordBatch {
     .unwrap()
 }
 
+/// How a map output is kept: in memory (batches, no encoding) or spilled past a budget
+/// (here at every write: encoded as IPC into the spill file, LZ4 or not).
+const KEPT: [(&str, usize, bool); 3] = [
+    ("in_memory", usize::MAX, false),
+    ("spilled_uncompressed", 0, false),
+    ("spilled_lz4", 0, true),
+];
+
 fn shuffle_write(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let store = ShuffleStore::new(dir.path()).unwrap();
@@ -59,12 +67,12 @@ fn shuffle_write(c: &mut Criterion) {
     let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut group = c.benchmark_group("shuffle_write");
-    for compression in [true, false] {
+    for (name, memory_budget, compression) in KEPT {
         let config = ShuffleConfig {
+            memory_budget,
             compression,
             ..ShuffleConfig::default()
         };
-        let name = if compression { "lz4" } else { "uncompressed" };
         for (unit, throughput) in [
             ("bytes", Throughput::Bytes(bytes as u64)),
             ("rows", Throughput::Elements(rows as u64)),
@@ -85,22 +93,20 @@ fn shuffle_write(c: &mut Criterion) {
     group.finish();
 }
 
-/// A Flight server on loopback holding `maps` map outputs of one partition each.
-fn flight_server(rt: &Runtime, maps: u32) -> (String, usize, tempfile::TempDir) {
+/// A Flight server on loopback holding `maps` map outputs of one partition each, kept as
+/// `config` says.
+fn flight_server(
+    rt: &Runtime,
+    maps: u32,
+    config: &ShuffleConfig,
+) -> (String, usize, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(ShuffleStore::new(dir.path()).unwrap());
     let batches: Vec<RecordBatch> = (0..32).map(|i| batch(8192, i)).collect();
     let decoded: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
     for map in 0..maps {
         let mut w = store
-            .writer(
-                "bench",
-                1,
-                map,
-                batches[0].schema(),
-                1,
-                &ShuffleConfig::default(),
-            )
+            .writer("bench", 1, map, batches[0].schema(), 1, config)
             .unwrap();
         for b in &batches {
             w.write(0, b).unwrap();
@@ -124,43 +130,52 @@ fn flight_server(rt: &Runtime, maps: u32) -> (String, usize, tempfile::TempDir) 
     (address, decoded, dir)
 }
 
+/// Fetching partitions over Flight on loopback and decoding them: as the executor serves them
+/// from memory (encoded as they stream) and from a spill file (stored IPC sent as is).
 fn shuffle_fetch(c: &mut Criterion) {
     let rt = Runtime::new().unwrap();
     let streams = 4u32;
-    let (address, decoded, _dir) = flight_server(&rt, streams);
     let fetcher = Arc::new(FlightFetcher::new());
-    let location = |map: u32| PartitionLocation {
-        executor_id: "bench".into(),
-        address: address.clone(),
-        job_id: "bench".into(),
-        stage_id: 1,
-        map_partition: map,
-        partition: 0,
-        rows: 0,
-        bytes: 0,
-    };
     let mut group = c.benchmark_group("shuffle_fetch");
     group.sample_size(20);
-    for n in [1, streams] {
-        group.throughput(Throughput::Bytes((decoded * n as usize) as u64));
-        group.bench_function(BenchmarkId::new("flight_loopback_streams", n), |b| {
-            b.to_async(&rt).iter(|| {
-                let fetcher = Arc::clone(&fetcher);
-                let locations: Vec<PartitionLocation> = (0..n).map(location).collect();
-                async move {
-                    let fetches = locations.into_iter().map(|loc| {
-                        let fetcher = Arc::clone(&fetcher);
-                        async move {
-                            let data = fetcher.fetch(&loc, None).await.unwrap();
-                            let batches: Vec<RecordBatch> =
-                                flight_data_stream(data).try_collect().await.unwrap();
-                            batches.len()
-                        }
-                    });
-                    futures::future::join_all(fetches).await
-                }
-            })
-        });
+    for (kept, memory_budget, compression) in KEPT {
+        let config = ShuffleConfig {
+            memory_budget,
+            compression,
+            ..ShuffleConfig::default()
+        };
+        let (address, decoded, _dir) = flight_server(&rt, streams, &config);
+        let location = |map: u32| PartitionLocation {
+            executor_id: "bench".into(),
+            address: address.clone(),
+            job_id: "bench".into(),
+            stage_id: 1,
+            map_partition: map,
+            partition: 0,
+            rows: 0,
+            bytes: 0,
+        };
+        for n in [1, streams] {
+            group.throughput(Throughput::Bytes((decoded * n as usize) as u64));
+            group.bench_function(BenchmarkId::new(format!("{kept}/streams"), n), |b| {
+                b.to_async(&rt).iter(|| {
+                    let fetcher = Arc::clone(&fetcher);
+                    let locations: Vec<PartitionLocation> = (0..n).map(location).collect();
+                    async move {
+                        let fetches = locations.into_iter().map(|loc| {
+                            let fetcher = Arc::clone(&fetcher);
+                            async move {
+                                let data = fetcher.fetch(&loc, None).await.unwrap();
+                                let batches: Vec<RecordBatch> =
+                                    flight_data_stream(data).try_collect().await.unwrap();
+                                batches.len()
+                            }
+                        });
+                        futures::future::join_all(fetches).await
+                    }
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -128,7 +128,8 @@ pub struct ShuffleConfig {
     /// Memory a map task's output may take before it spills to disk (besides what the memory
     /// pool grants; `usize::MAX`: only the pool limits it).
     pub memory_budget: usize,
-    /// LZ4-compress the IPC bodies (less to store and send, more CPU).
+    /// LZ4-compress the IPC bodies (less to store and send, more CPU); off by default, as
+    /// the executor's `--shuffle-compression`.
     pub compression: bool,
 }
 
@@ -137,7 +138,7 @@ impl Default for ShuffleConfig {
         Self {
             batch_rows: 8192,
             memory_budget: usize::MAX,
-            compression: true,
+            compression: false,
         }
     }
 }
