@@ -940,7 +940,7 @@ impl Scheduler {
             return;
         }
         let message = format!(
-            "no executor has been registered for {} s; start executors with `ember executor --scheduler URL`",
+            "no executor has been registered for {} s; start executors with `ember executor --scheduler URL` (`--etcd URLS` for a cluster on etcd)",
             timeout / 1000
         );
         for job_id in inner.active.clone() {
