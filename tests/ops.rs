@@ -27,6 +27,8 @@ fn health_readiness_and_metrics_of_a_scheduler_and_an_executor() {
         Command::new(ember_bin())
             .args(["executor", "--bind", "127.0.0.1:0", "--scheduler"])
             .arg("http://127.0.0.1:1")
+            .arg("--work-dir")
+            .arg(file("executor1"))
             .args([
                 "--http-bind",
                 "127.0.0.1:0",
@@ -71,6 +73,8 @@ fn health_readiness_and_metrics_of_a_scheduler_and_an_executor() {
             .args(["executor", "--bind", "127.0.0.1:0", "--scheduler"])
             .arg(format!("http://127.0.0.1:{port}"))
             .args(["--http-bind", "127.0.0.1:0", "--slots", "3"])
+            .arg("--work-dir")
+            .arg(file("executor2"))
             .arg("--http-port-file")
             .arg(file("executor2.http"))
             .stderr(Stdio::null()),
