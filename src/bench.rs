@@ -32,28 +32,15 @@ pub async fn run(args: BenchArgs) -> Result<()> {
     match args.suite {
         BenchSuite::Tpch(args) => tpch_bench(args).await,
         BenchSuite::Latency(args) => {
-            let (client, embedded) = match (&args.scheduler, &args.etcd) {
-                (Some(url), _) => (EmberClient::connect(url).await?, None),
-                (None, Some(etcd)) => (
-                    EmberClient::connect_etcd(etcd, &args.cluster_name).await?,
-                    None,
-                ),
-                (None, None) => {
-                    let cluster = EmbeddedCluster::start(args.executors, 0).await?;
-                    (cluster.client().await?, Some(cluster))
-                }
-            };
+            let session = sql::Session::open(&args.cluster).await?;
             let df = SessionContext::new();
-            if let Some(dir) = &args.tables {
+            if let Some(dir) = &args.cluster.tables {
                 for statement in sql::table_ddl(dir)? {
                     df.sql(&statement).await?.collect().await?;
-                    client.sql(&statement).await?;
                 }
             }
-            let result = latency(&client, &df, &args.sql, args.iterations.max(1)).await;
-            if let Some(cluster) = embedded {
-                cluster.shutdown().await;
-            }
+            let result = latency(&session.client, &df, &args.sql, args.iterations.max(1)).await;
+            session.close().await;
             result
         }
     }
@@ -119,8 +106,17 @@ async fn tpch_bench(args: TpchBenchArgs) -> Result<()> {
         bail!("there is no TPC-H query {bad} (1..=22)");
     }
     let iterations = iterations.max(1);
-    let dir = data.unwrap_or_else(|| PathBuf::from(format!("data/tpch-sf{scale_factor}")));
-    eprintln!("data: {}", dir.display());
+    let dir = data
+        .unwrap_or_else(|| PathBuf::from(format!("data/tpch-sf{}", scale_factor.unwrap_or(1.0))));
+    let scale_factor = match (scale_factor, tpch::recorded_scale_factor(&dir)) {
+        (Some(asked), Some(found)) if asked != found => bail!(
+            "{} holds TPC-H at scale factor {found}, not {asked}: leave out --scale-factor, or \
+             name another --data folder",
+            dir.display()
+        ),
+        (asked, found) => asked.or(found).unwrap_or(1.0),
+    };
+    eprintln!("data: {} (scale factor {scale_factor})", dir.display());
     tpch::ensure_generated(scale_factor, &dir)?;
     let ddl = sql::table_ddl(&dir)?;
 
@@ -153,16 +149,19 @@ async fn tpch_bench(args: TpchBenchArgs) -> Result<()> {
         let mut df_cpu = Vec::new();
         let mut ember_cpu = Vec::new();
         let mut last = None;
+        let mut df_rows = 0;
         for _ in 0..iterations {
             progress.set_message(format!("q{q} DataFusion"));
             let cpu = cpu_time(&[std::process::id()]);
             let start = Instant::now();
-            df.sql(text)
+            let batches = df
+                .sql(text)
                 .await?
                 .collect()
                 .await
                 .with_context(|| format!("DataFusion q{q}"))?;
             df_times.push(start.elapsed());
+            df_rows = batches.iter().map(|b| b.num_rows()).sum();
             df_cpu.extend(cpu_since(cpu, &[std::process::id()]));
             progress.inc(1);
             progress.set_message(format!("q{q} Ember"));
@@ -179,6 +178,12 @@ async fn tpch_bench(args: TpchBenchArgs) -> Result<()> {
             last = Some(result);
         }
         let last = last.expect("at least one iteration");
+        if last.num_rows() != df_rows {
+            bail!(
+                "q{q}: Ember returned {} rows where DataFusion returned {df_rows}",
+                last.num_rows()
+            );
+        }
         let timing = QueryTiming {
             query: q,
             datafusion: median(&mut df_times),
@@ -434,6 +439,10 @@ impl Processes {
                     "--port-file",
                 ])
                 .arg(&port_file)
+                // Shuffle and spill files in this bench's folder, removed with it (the
+                // executors are killed, so they cannot remove their own).
+                .arg("--work-dir")
+                .arg(this._dir.path())
                 .stdout(Stdio::null())
                 .spawn()
                 .context("starting an executor")?;

@@ -262,8 +262,9 @@ pub enum BenchSuite {
 
 #[derive(Debug, Args)]
 pub struct TpchBenchArgs {
-    #[arg(long, env = "EMBER_SCALE_FACTOR", default_value_t = 1.0)]
-    pub scale_factor: f64,
+    /// TPC-H scale factor; default: that of the data in --data, or 1.
+    #[arg(long, env = "EMBER_SCALE_FACTOR")]
+    pub scale_factor: Option<f64>,
     /// Where the generated data is kept (generated when missing).
     #[arg(long, env = "EMBER_BENCH_DATA")]
     pub data: Option<PathBuf>,
@@ -287,25 +288,13 @@ pub struct TpchBenchArgs {
 
 #[derive(Debug, Args)]
 pub struct LatencyBenchArgs {
-    /// Scheduler URL(s) of a running cluster (comma-separated); default: an embedded cluster
-    /// in this process.
-    #[arg(long, conflicts_with = "etcd")]
-    pub scheduler: Option<String>,
-    /// etcd endpoints of a running cluster (the client finds the leader there).
-    #[arg(long)]
-    pub etcd: Option<String>,
-    /// Name of the cluster in etcd.
-    #[arg(long, default_value = "default")]
-    pub cluster_name: String,
-    /// Executors of the embedded cluster (when no cluster is named).
-    #[arg(long, default_value_t = 2)]
-    pub executors: usize,
+    /// The cluster timed: a running one (--scheduler, --etcd) or, by default, an embedded one
+    /// in this process. Tables of --tables are registered in DataFusion too.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// The statement timed.
     #[arg(long, default_value = "SELECT 1")]
     pub sql: String,
-    /// Register each sub-folder or file of DIR as a table, in the cluster and in DataFusion.
-    #[arg(long)]
-    pub tables: Option<PathBuf>,
     /// Timed round trips (after 10 untimed ones).
     #[arg(long, default_value_t = 200)]
     pub iterations: usize,

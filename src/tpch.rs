@@ -119,6 +119,16 @@ fn write_parquet(reader: Box<dyn RecordBatchReader + Send>, path: &PathBuf) -> R
     Ok(rows)
 }
 
+/// The scale factor that `ember datagen` (or the bench) recorded in `dir`'s `_SUCCESS` marker;
+/// `None` when there is no marker or it names none.
+pub fn recorded_scale_factor(dir: &Path) -> Option<f64> {
+    std::fs::read_to_string(dir.join("_SUCCESS"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Generates TPC-H into `dir` unless a complete set is already there (marked by `_SUCCESS`).
 pub fn ensure_generated(scale_factor: f64, dir: &Path) -> Result<()> {
     let marker = dir.join("_SUCCESS");

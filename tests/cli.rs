@@ -136,7 +136,10 @@ fn standalone_serves_a_cluster_in_one_process() {
                 "2",
                 "--port-file",
             ])
-            .arg(&port_file),
+            .arg(&port_file)
+            // The embedded executors' folders go into the test's folder: killed, the process
+            // cannot remove them.
+            .env("TMPDIR", dir.path()),
     );
     let port = wait_for_port(&port_file, &mut guard.0);
     let url = format!("http://127.0.0.1:{port}");
@@ -358,4 +361,83 @@ fn a_config_file_configures_a_process_and_logs_can_be_json() {
     ]);
     assert!(!ok);
     assert!(stderr.contains("unknown setting \"bnid\""), "{stderr}");
+}
+
+/// The number after `"key":` in `text`, from `from` on.
+fn json_number(text: &str, from: usize, key: &str) -> f64 {
+    let pattern = format!("\"{key}\":");
+    let start = from
+        + text[from..]
+            .find(&pattern)
+            .unwrap_or_else(|| panic!("no {key}: {text}"));
+    let value = &text[start + pattern.len()..];
+    let end = value.find([',', '}']).unwrap();
+    value[..end].parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bench_commands_run_both_engines_and_report_ratios() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("bench.json");
+    let data = tpch_dir().to_str().unwrap();
+    let (ok, stdout, stderr) = ember(&[
+        "bench",
+        "tpch",
+        "--data",
+        data,
+        "--queries",
+        "1,3",
+        "--iterations",
+        "1",
+        "--output",
+        json.to_str().unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("total") && stdout.contains("q3"),
+        "{stdout}"
+    );
+    let json = std::fs::read_to_string(&json).unwrap();
+    let reference = crate::support::datafusion_reference().await;
+    for q in [1, 3] {
+        let at = json
+            .find(&format!("{{\"query\":{q},"))
+            .unwrap_or_else(|| panic!("q{q} missing: {json}"));
+        let expected: usize = reference
+            .sql(ember::tpch::query(q).unwrap())
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap()
+            .iter()
+            .map(|b| b.num_rows())
+            .sum();
+        assert_eq!(json_number(&json, at, "rows"), expected as f64, "{json}");
+        assert!(json_number(&json, at, "ratio") > 0.0, "{json}");
+        assert!(json_number(&json, at, "tasks") >= 2.0, "{json}");
+    }
+    assert!(json_number(&json, 0, "ratio") > 0.0, "{json}");
+    // The scale factor is the data's (recorded when it was generated), not a default.
+    assert!(json.contains("\"scale_factor\":0.1,"), "{json}");
+    let (ok, _, stderr) = ember(&["bench", "tpch", "--data", data, "--scale-factor", "1"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("holds TPC-H at scale factor 0.1, not 1"),
+        "{stderr}"
+    );
+
+    let (ok, stdout, stderr) = ember(&["bench", "latency", "--iterations", "5"]);
+    assert!(ok, "{stderr}");
+    for engine in ["ember", "datafusion"] {
+        assert!(
+            stdout.lines().any(|l| l.starts_with(engine)),
+            "no {engine} line: {stdout}"
+        );
+    }
+    assert!(stdout.contains("p50"), "{stdout}");
+
+    let (ok, _, stderr) = ember(&["bench", "tpch", "--data", data, "--queries", "23"]);
+    assert!(!ok);
+    assert!(stderr.contains("there is no TPC-H query 23"), "{stderr}");
 }
