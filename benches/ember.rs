@@ -54,11 +54,18 @@ fn batch(rows: usize, seed: i64) -> RecordBatch {
 
 /// How a map output is kept: in memory (batches, no encoding) or spilled past a budget
 /// (here at every write: encoded as IPC into the spill file, LZ4 or not).
-const KEPT: [(&str, usize, bool); 3] = [
-    ("in_memory", usize::MAX, false),
-    ("spilled_uncompressed", 0, false),
-    ("spilled_lz4", 0, true),
-];
+fn kept() -> [(&'static str, ShuffleConfig); 3] {
+    let config = |memory_budget, compression| ShuffleConfig {
+        memory_budget,
+        compression,
+        ..ShuffleConfig::default()
+    };
+    [
+        ("in_memory", config(usize::MAX, false)),
+        ("spilled_uncompressed", config(0, false)),
+        ("spilled_lz4", config(0, true)),
+    ]
+}
 
 fn shuffle_write(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
@@ -67,12 +74,7 @@ fn shuffle_write(c: &mut Criterion) {
     let bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
     let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
     let mut group = c.benchmark_group("shuffle_write");
-    for (name, memory_budget, compression) in KEPT {
-        let config = ShuffleConfig {
-            memory_budget,
-            compression,
-            ..ShuffleConfig::default()
-        };
+    for (name, config) in kept() {
         for (unit, throughput) in [
             ("bytes", Throughput::Bytes(bytes as u64)),
             ("rows", Throughput::Elements(rows as u64)),
@@ -138,12 +140,7 @@ fn shuffle_fetch(c: &mut Criterion) {
     let fetcher = Arc::new(FlightFetcher::new());
     let mut group = c.benchmark_group("shuffle_fetch");
     group.sample_size(20);
-    for (kept, memory_budget, compression) in KEPT {
-        let config = ShuffleConfig {
-            memory_budget,
-            compression,
-            ..ShuffleConfig::default()
-        };
+    for (name, config) in kept() {
         let (address, decoded, _dir) = flight_server(&rt, streams, &config);
         let location = |map: u32| PartitionLocation {
             executor_id: "bench".into(),
@@ -157,7 +154,7 @@ fn shuffle_fetch(c: &mut Criterion) {
         };
         for n in [1, streams] {
             group.throughput(Throughput::Bytes((decoded * n as usize) as u64));
-            group.bench_function(BenchmarkId::new(format!("{kept}/streams"), n), |b| {
+            group.bench_function(BenchmarkId::new(format!("{name}/streams"), n), |b| {
                 b.to_async(&rt).iter(|| {
                     let fetcher = Arc::clone(&fetcher);
                     let locations: Vec<PartitionLocation> = (0..n).map(location).collect();
