@@ -10,7 +10,6 @@ ember="$CARGO_TARGET_DIR/debug/ember"
 data="data/tpch-sf0.1"
 if [ ! -e "$data/_SUCCESS" ]; then
   "$ember" datagen tpch --scale-factor 0.1 --output "$data"
-  touch "$data/_SUCCESS"
 fi
 "$ember" sql --local --executors 2 --tables "$data" -f tpch/q1.sql
 "$ember" sql --local --executors 2 --tables "$data" -c "EXPLAIN $(cat tpch/q3.sql)" --format csv

@@ -55,8 +55,7 @@ pub fn run(cli: Cli) -> ExitCode {
 fn datagen(scale_factor: f64, output: &std::path::Path) -> anyhow::Result<()> {
     let start = std::time::Instant::now();
     let tables = tpch::generate(scale_factor, output)?;
-    // Marks the data complete, so `ember bench` and the tests reuse it.
-    std::fs::write(output.join("_SUCCESS"), scale_factor.to_string())?;
+    tpch::mark_generated(output, scale_factor)?;
     for (table, rows) in tables {
         println!("{table:>10}: {rows} rows");
     }

@@ -119,10 +119,19 @@ fn write_parquet(reader: Box<dyn RecordBatchReader + Send>, path: &PathBuf) -> R
     Ok(rows)
 }
 
-/// The scale factor that `ember datagen` (or the bench) recorded in `dir`'s `_SUCCESS` marker;
-/// `None` when there is no marker or it names none.
+/// The file that marks a folder's TPC-H data complete; it holds the scale factor.
+const MARKER: &str = "_SUCCESS";
+
+/// Marks `dir`'s data complete, at `scale_factor` (so `ember bench` and the tests reuse it).
+pub fn mark_generated(dir: &Path, scale_factor: f64) -> Result<()> {
+    std::fs::write(dir.join(MARKER), scale_factor.to_string())
+        .with_context(|| format!("marking {} complete", dir.display()))
+}
+
+/// The scale factor recorded by `mark_generated` in `dir`; `None` when there is no marker or
+/// it names none.
 pub fn recorded_scale_factor(dir: &Path) -> Option<f64> {
-    std::fs::read_to_string(dir.join("_SUCCESS"))
+    std::fs::read_to_string(dir.join(MARKER))
         .ok()?
         .trim()
         .parse()
@@ -131,7 +140,7 @@ pub fn recorded_scale_factor(dir: &Path) -> Option<f64> {
 
 /// Generates TPC-H into `dir` unless a complete set is already there (marked by `_SUCCESS`).
 pub fn ensure_generated(scale_factor: f64, dir: &Path) -> Result<()> {
-    let marker = dir.join("_SUCCESS");
+    let marker = dir.join(MARKER);
     if marker.exists() {
         return Ok(());
     }
@@ -145,7 +154,7 @@ pub fn ensure_generated(scale_factor: f64, dir: &Path) -> Result<()> {
     let staging = dir.with_extension(format!("tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&staging);
     generate(scale_factor, &staging)?;
-    std::fs::write(staging.join("_SUCCESS"), scale_factor.to_string())?;
+    mark_generated(&staging, scale_factor)?;
     if let Some(parent) = dir.parent() {
         std::fs::create_dir_all(parent)?;
     }
