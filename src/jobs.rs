@@ -81,13 +81,13 @@ pub async fn jobs(args: JobsArgs) -> Result<()> {
             );
             for s in scripts {
                 println!(
-                    "{:<18} {:<24} {:<10} {:>10} {:>11} {:>8.1}s",
+                    "{:<18} {:<24} {:<10} {:>10} {:>11} {:>9}",
                     s.script_id,
                     s.name,
                     state_name(s.state),
                     format!("{}/{}", s.statements_done, s.statements_total),
                     format!("{}/{}", s.stages_completed, s.stages_total),
-                    s.elapsed_ms as f64 / 1000.0
+                    seconds(s.elapsed_ms)
                 );
             }
         }
@@ -142,10 +142,15 @@ fn state_name(state: i32) -> &'static str {
         .map_or("unknown", |s| s.name())
 }
 
+/// Milliseconds as seconds to the millisecond: short jobs do not all show as "0.0s".
+fn seconds(ms: u64) -> String {
+    format!("{:.3}s", ms as f64 / 1000.0)
+}
+
 /// A job's status as `ember jobs status` prints it.
 pub fn describe(s: &ScriptStatus) -> String {
     let mut out = format!(
-        "job:        {}\nname:       {}\nstate:      {}\nstatements: {}/{} done\nstages:     {}/{}\ntasks:      {}/{}\nelapsed:    {:.1}s\n",
+        "job:        {}\nname:       {}\nstate:      {}\nstatements: {}/{} done\nstages:     {}/{}\ntasks:      {}/{}\nelapsed:    {}\n",
         s.script_id,
         s.name,
         state_name(s.state),
@@ -155,7 +160,7 @@ pub fn describe(s: &ScriptStatus) -> String {
         s.stages_total,
         s.tasks_completed,
         s.tasks_total,
-        s.elapsed_ms as f64 / 1000.0
+        seconds(s.elapsed_ms)
     );
     if !s.statement_rows.is_empty() {
         let rows: Vec<String> = s.statement_rows.iter().map(u64::to_string).collect();
