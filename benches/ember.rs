@@ -18,10 +18,9 @@ use ember_core::shuffle::{
     FlightFetcher, PartitionLocation, ShuffleConfig, ShuffleStore, flight_data_stream,
 };
 use ember_executor::service::ShuffleFlight;
-use ember_scheduler::cluster::{Cluster, ExecutorMembership};
+use ember_scheduler::driver::placement::{Cluster, SchedulingPolicy, assign};
+use ember_scheduler::driver::{Job, JobOptions};
 use ember_scheduler::planner::{StageGraph, StagePlan};
-use ember_scheduler::scheduler::assign_tasks;
-use ember_scheduler::state::Job;
 use futures::TryStreamExt;
 use tokio::runtime::Runtime;
 
@@ -244,7 +243,7 @@ fn task_assignment(c: &mut Criterion) {
             final_stage: 1,
             schema: Arc::clone(&schema),
         };
-        let mut job = Job::new("bench".into(), graph, Vec::new(), 0);
+        let mut job = Job::new("bench".into(), graph, JobOptions::default(), 0);
         job.start_ready_stages();
         job.set_launch_plan(1, bytes::Bytes::from_static(b"plan"));
         job
@@ -268,7 +267,7 @@ fn task_assignment(c: &mut Criterion) {
         b.iter_batched(
             || (cluster(), job()),
             |(mut cluster, mut job)| {
-                let (launches, _) = assign_tasks(&mut cluster, &mut job);
+                let launches = assign(SchedulingPolicy::Fair, &mut cluster, &mut [&mut job]);
                 assert_eq!(launches.len(), TASKS);
                 launches
             },

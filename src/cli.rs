@@ -234,7 +234,7 @@ pub struct StandaloneArgs {
     #[arg(
         long,
         env = "EMBER_STANDALONE_HTTP_BIND",
-        default_value = "127.0.0.1:9090"
+        default_value = ember_scheduler::config::DEFAULT_HTTP_BIND
     )]
     pub http_bind: String,
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ember_client::{EmberClient, ScriptStatus};
-use ember_proto::pb::JobState;
+use ember_core::job::JobState;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::cli::{JobsAction, JobsArgs, RemoteArgs, SubmitArgs};
@@ -98,7 +98,7 @@ pub async fn jobs(args: JobsArgs) -> Result<()> {
                 .pop()
                 .with_context(|| format!("no job {id}"))?;
             print!("{}", describe(&status));
-            if status.state == JobState::Failed as i32 {
+            if status.state == JobState::Failed {
                 bail!("job {id} failed");
             }
         }
@@ -135,11 +135,8 @@ pub fn show_stages(bar: &ProgressBar, done: u32, total: u32, message: String) {
     bar.set_message(message);
 }
 
-fn state_name(state: i32) -> &'static str {
-    JobState::try_from(state)
-        .ok()
-        .and_then(|s| ember_core::job::JobState::try_from(s).ok())
-        .map_or("unknown", |s| s.name())
+fn state_name(state: JobState) -> &'static str {
+    state.name()
 }
 
 /// Milliseconds as seconds to the millisecond: short jobs do not all show as "0.0s".
@@ -166,8 +163,9 @@ pub fn describe(s: &ScriptStatus) -> String {
         let rows: Vec<String> = s.statement_rows.iter().map(u64::to_string).collect();
         out.push_str(&format!("rows:       {}\n", rows.join(", ")));
     }
-    if !s.error.is_empty() {
-        out.push_str(&format!("error:      {}\n", s.error));
+    if let Some(error) = &s.error {
+        let kind = s.error_kind.map(|k| format!(" ({k})")).unwrap_or_default();
+        out.push_str(&format!("error:      {error}{kind}\n"));
     }
     out
 }

@@ -283,7 +283,7 @@ async fn batch_jobs_are_submitted_followed_and_cancelled() {
     assert!(stdout.contains("cancelled"), "{stdout}");
     let client = cluster.client().await;
     let status = client.scripts(Some(&long)).await.unwrap().pop().unwrap();
-    assert_eq!(status.state, ember_proto::pb::JobState::Cancelled as i32);
+    assert_eq!(status.state, ember_core::job::JobState::Cancelled);
     assert_eq!(status.statements_done, 0);
     // The statement that was running (or being planned) is cancelled too: the cross join
     // would otherwise run for hours.

@@ -3,6 +3,7 @@
 
 mod etcd_support;
 mod support;
+mod tidy;
 
 mod cli;
 mod compose;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::LogicalPlan;
+use ember_core::error::ErrorKind;
 use ember_core::job::{ExecutorInfo, JobState, JobStatus};
 use ember_core::shuffle::{
     FlightFetcher, PartitionLocation, batches_from_ipc_stream, flight_data_stream,
@@ -24,7 +25,7 @@ use futures::stream::{self, BoxStream, StreamExt, TryStreamExt};
 use tonic::transport::Channel;
 
 /// A batch job's status, as `ember jobs status` shows it.
-pub use ember_proto::pb::ScriptStatus;
+pub use ember_core::job::ScriptStatus;
 
 /// How often a waiting client asks how a batch job is doing.
 const SCRIPT_POLL: Duration = Duration::from_millis(250);
@@ -281,7 +282,7 @@ impl EmberClient {
                 JobState::Failed => {
                     return Err(EmberError::TaskFailed {
                         message: status.error.unwrap_or_else(|| "job failed".into()),
-                        user_error: true,
+                        kind: status.error_kind.unwrap_or(ErrorKind::Internal),
                     });
                 }
                 JobState::Cancelled => return Err(EmberError::Cancelled),
@@ -436,7 +437,7 @@ impl EmberClient {
                 async move { c.list_scripts(request).await }
             })
             .await?;
-        Ok(reply.scripts)
+        reply.scripts.into_iter().map(TryInto::try_into).collect()
     }
 
     /// Waits for a batch job to finish; `progress` sees its status on the way. A failed or
@@ -455,16 +456,16 @@ impl EmberClient {
                         job_id: id.to_string(),
                     })?;
             progress(&status);
-            match pb::JobState::try_from(status.state) {
-                Ok(pb::JobState::Succeeded) => return Ok(status),
-                Ok(pb::JobState::Failed) => {
+            match status.state {
+                JobState::Succeeded => return Ok(status),
+                JobState::Failed => {
                     return Err(EmberError::TaskFailed {
-                        message: status.error.clone(),
-                        user_error: true,
+                        message: status.error.clone().unwrap_or_default(),
+                        kind: status.error_kind.unwrap_or(ErrorKind::Internal),
                     });
                 }
-                Ok(pb::JobState::Cancelled) => return Err(EmberError::Cancelled),
-                _ => tokio::time::sleep(SCRIPT_POLL).await,
+                JobState::Cancelled => return Err(EmberError::Cancelled),
+                JobState::Queued | JobState::Running => tokio::time::sleep(SCRIPT_POLL).await,
             }
         }
     }

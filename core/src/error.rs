@@ -35,7 +35,10 @@ pub enum EmberError {
     },
     /// A task failed; the message is the task's own error.
     #[error("{message}")]
-    TaskFailed { message: String, user_error: bool },
+    TaskFailed { message: String, kind: ErrorKind },
+    /// A memory (or other) limit was reached.
+    #[error("{0}")]
+    ResourcesExhausted(String),
     #[error("job was cancelled")]
     Cancelled,
     /// A malformed or incomplete message arrived over the wire.
@@ -54,14 +57,82 @@ pub enum EmberError {
     Io(#[from] std::io::Error),
 }
 
+/// Why a job (or a request) failed, as clients and exit codes see it: whose fault it is and
+/// whether trying again can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// What the user sent is wrong (bad SQL, unknown table, missing file, bad data): fix it.
+    User,
+    /// It did not fit in the memory (or other limit) it was given: raise the limit or shrink it.
+    ResourcesExhausted,
+    /// A peer or store could not be reached: the same request may succeed later.
+    Unavailable,
+    /// A bug in Ember.
+    Internal,
+    /// Someone cancelled it.
+    Cancelled,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::User,
+        ErrorKind::ResourcesExhausted,
+        ErrorKind::Unavailable,
+        ErrorKind::Internal,
+        ErrorKind::Cancelled,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::User => "user",
+            ErrorKind::ResourcesExhausted => "resources-exhausted",
+            ErrorKind::Unavailable => "unavailable",
+            ErrorKind::Internal => "internal",
+            ErrorKind::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether running the same work again may succeed.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorKind::Unavailable)
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl EmberError {
+    /// The failure's class, carried over the wire and mapped to exit codes.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            EmberError::Cancelled => ErrorKind::Cancelled,
+            EmberError::ResourcesExhausted(_) => ErrorKind::ResourcesExhausted,
+            EmberError::FetchFailed { .. } | EmberError::Unavailable(_) | EmberError::Io(_) => {
+                ErrorKind::Unavailable
+            }
+            EmberError::TaskFailed { kind, .. } => *kind,
+            EmberError::DataFusion(e) if datafusion_is_resources_exhausted(e) => {
+                ErrorKind::ResourcesExhausted
+            }
+            e if e.is_user_error() => ErrorKind::User,
+            _ => ErrorKind::Internal,
+        }
+    }
+
     /// True when the fault lies in what the user sent (query, data) rather than in Ember.
     pub fn is_user_error(&self) -> bool {
         match self {
             EmberError::User(_)
             | EmberError::JobNotFound { .. }
             | EmberError::ProtocolMismatch { .. } => true,
-            EmberError::TaskFailed { user_error, .. } => *user_error,
+            EmberError::TaskFailed { kind, .. } => *kind == ErrorKind::User,
             EmberError::DataFusion(e) => datafusion_is_user_error(e),
             EmberError::Arrow(_) => true,
             _ => false,
@@ -74,6 +145,36 @@ impl EmberError {
             self,
             EmberError::FetchFailed { .. } | EmberError::Unavailable(_) | EmberError::Io(_)
         )
+    }
+}
+
+/// Whether a DataFusion error says a memory limit was reached.
+pub fn datafusion_is_resources_exhausted(e: &DataFusionError) -> bool {
+    match e {
+        DataFusionError::ResourcesExhausted(_) => true,
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            datafusion_is_resources_exhausted(inner)
+        }
+        DataFusionError::Shared(inner) => datafusion_is_resources_exhausted(inner),
+        DataFusionError::External(inner) => matches!(
+            inner.downcast_ref::<EmberError>(),
+            Some(EmberError::ResourcesExhausted(_))
+        ),
+        _ => false,
+    }
+}
+
+/// The class of a DataFusion error (who is at fault, whether to retry).
+pub fn datafusion_error_kind(e: &DataFusionError) -> ErrorKind {
+    if let Some(inner) = find_ember_error(e) {
+        return inner.kind();
+    }
+    if datafusion_is_resources_exhausted(e) {
+        ErrorKind::ResourcesExhausted
+    } else if datafusion_is_user_error(e) {
+        ErrorKind::User
+    } else {
+        ErrorKind::Internal
     }
 }
 

@@ -73,7 +73,7 @@ impl fmt::Display for ExecutorId {
 }
 
 /// One attempt at running one partition of one stage.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TaskId {
     pub job_id: JobId,
     pub stage_id: StageId,

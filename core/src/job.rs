@@ -34,7 +34,8 @@ pub enum TaskOutcome {
     },
     Failed {
         message: String,
-        user_error: bool,
+        /// Who is at fault, and whether running it again may help.
+        kind: crate::error::ErrorKind,
     },
     /// The task could not read an input stage's output from the executor holding it: that
     /// output must be recomputed before the task can run again.
@@ -53,7 +54,7 @@ pub struct TaskStatus {
 }
 
 /// A task as the scheduler hands it to an executor.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TaskDefinition {
     pub task_id: TaskId,
     /// The stage plan (root: `ShuffleWriterExec`), encoded by `ember-proto`.
@@ -96,6 +97,8 @@ pub struct JobStatus {
     pub job_id: JobId,
     pub state: JobState,
     pub error: Option<String>,
+    /// Why the job failed (or was cancelled).
+    pub error_kind: Option<crate::error::ErrorKind>,
     pub stages_total: u32,
     pub stages_completed: u32,
     pub tasks_total: u32,
@@ -132,4 +135,26 @@ pub struct ExecutorInfo {
     pub spec: ExecutorSpec,
     pub metrics: ExecutorMetrics,
     pub running_tasks: u32,
+}
+
+/// What a client sees of a batch job (a script), or of an ad-hoc query listed beside them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScriptStatus {
+    pub script_id: String,
+    pub name: String,
+    pub state: JobState,
+    pub statements_total: u32,
+    pub statements_done: u32,
+    /// The statement's job that runs now (or ran last).
+    pub current_job_id: String,
+    pub stages_total: u32,
+    pub stages_completed: u32,
+    pub tasks_total: u32,
+    pub tasks_completed: u32,
+    pub elapsed_ms: u64,
+    pub error: Option<String>,
+    pub error_kind: Option<crate::error::ErrorKind>,
+    pub submitted_unix_ms: u64,
+    /// Rows each finished statement returned or wrote.
+    pub statement_rows: Vec<u64>,
 }

@@ -212,3 +212,58 @@ mod tests {
         assert!(e.to_string().contains("gs://"), "{e}");
     }
 }
+
+/// An object-store error as Ember's: permission, credential, path and capability errors will
+/// not go away by trying again (the user's setup must change); anything else (network, server,
+/// throttling, timeouts) may, and is `Unavailable`.
+pub fn store_error(e: object_store::Error) -> crate::EmberError {
+    use object_store::Error as E;
+    match e {
+        E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::InvalidPath { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. }
+        | E::UnknownConfigurationKey { .. } => {
+            crate::EmberError::User(format!("object store: {e}"))
+        }
+        other => crate::EmberError::Unavailable(format!("object store: {other}")),
+    }
+}
+
+#[cfg(test)]
+mod error_tests {
+    use crate::error::ErrorKind;
+
+    use super::store_error;
+
+    #[test]
+    fn object_store_errors_are_classed_retryable_or_not() {
+        let cases = [
+            (
+                object_store::Error::PermissionDenied {
+                    path: "b/k".into(),
+                    source: "denied".into(),
+                },
+                ErrorKind::User,
+            ),
+            (
+                object_store::Error::Generic {
+                    store: "S3",
+                    source: "connection reset".into(),
+                },
+                ErrorKind::Unavailable,
+            ),
+            (
+                object_store::Error::NotImplemented {
+                    operation: "rename".into(),
+                    implementer: "S3".into(),
+                },
+                ErrorKind::User,
+            ),
+        ];
+        for (e, kind) in cases {
+            assert_eq!(store_error(e).kind(), kind);
+        }
+    }
+}

@@ -4,6 +4,10 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+/// The executor's HTTP endpoint, unless told otherwise (a taken default falls back to a free
+/// port, so that several executors share a host).
+pub const DEFAULT_HTTP_BIND: &str = "127.0.0.1:9091";
+
 #[derive(Debug, Clone, Parser)]
 #[command(about = "Ember executor options")]
 pub struct ExecutorConfig {
@@ -28,7 +32,7 @@ pub struct ExecutorConfig {
     #[arg(
         long,
         env = "EMBER_EXECUTOR_HTTP_BIND",
-        default_value = "127.0.0.1:9091"
+        default_value = DEFAULT_HTTP_BIND
     )]
     pub http_bind: String,
 

@@ -12,7 +12,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::physical_plan::common::collect;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_core::EmberError;
-use ember_core::error::{datafusion_is_user_error, find_ember_error};
+use ember_core::error::{ErrorKind, datafusion_error_kind, find_ember_error};
 use ember_core::job::{TaskDefinition, TaskOutcome, TaskStatus};
 use ember_core::metrics::{ExecutorCounters, file_rows_scanned, plan_spills};
 use ember_core::session::distributed_session_config;
@@ -114,7 +114,7 @@ impl TaskRunner {
                         .await
                         .unwrap_or_else(|panic| TaskOutcome::Failed {
                             message: format!("task panicked: {}", panic_message(&panic)),
-                            user_error: false,
+                            kind: ErrorKind::Internal,
                         })
                 } => Some(outcome),
             };
@@ -237,12 +237,12 @@ async fn run(ctx: Result<Arc<TaskContext>, DataFusionError>, task: &TaskDefiniti
                         "{e} (the executor's memory limit is {limit}: raise --memory-limit-mb, \
                          or run fewer tasks at once with --slots)"
                     ),
-                    user_error: false,
+                    kind: ErrorKind::ResourcesExhausted,
                 }
             }
             _ => TaskOutcome::Failed {
                 message: e.to_string(),
-                user_error: datafusion_is_user_error(&e),
+                kind: datafusion_error_kind(&e),
             },
         },
     }

@@ -38,7 +38,7 @@ pub struct ExecutorHandle {
     runner: Arc<TaskRunner>,
     draining: watch::Sender<bool>,
     drain_timeout: Duration,
-    http: Option<ember_core::ops::OpsServer>,
+    http: Option<ember_ops::OpsServer>,
     _work_dir: Option<tempfile::TempDir>,
 }
 
@@ -208,7 +208,7 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     let http = if http_bind.is_empty() || http_bind == "off" {
         None
     } else {
-        let ops: Arc<dyn ember_core::ops::Ops> = Arc::new(ExecutorOps {
+        let ops: Arc<dyn ember_ops::Ops> = Arc::new(ExecutorOps {
             counters: Arc::clone(&counters),
             store: Arc::clone(&store),
             registered: Arc::clone(&registered),
@@ -216,7 +216,7 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
             slots,
             memory_limit,
         });
-        let server = ember_core::ops::serve(http_bind, ops).await?;
+        let server = ember_ops::serve(http_bind, crate::config::DEFAULT_HTTP_BIND, ops).await?;
         if let Some(path) = &config.http_port_file {
             std::fs::write(path, server.local_addr.port().to_string())?;
         }
@@ -269,7 +269,7 @@ struct ExecutorOps {
     memory_limit: usize,
 }
 
-impl ember_core::ops::Ops for ExecutorOps {
+impl ember_ops::Ops for ExecutorOps {
     fn ready(&self) -> std::result::Result<(), String> {
         if *self.draining.borrow() {
             return Err("draining".into());
@@ -280,8 +280,8 @@ impl ember_core::ops::Ops for ExecutorOps {
         Ok(())
     }
 
-    fn metrics(&self) -> Vec<ember_core::ops::Metric> {
-        use ember_core::ops::Metric;
+    fn metrics(&self) -> Vec<ember_ops::Metric> {
+        use ember_ops::Metric;
         let m = self.counters.snapshot();
         vec![
             Metric::counter(

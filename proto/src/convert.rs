@@ -1,8 +1,9 @@
 //! Wire ⇄ domain conversions. Each exists once; a missing required field is a typed error.
 
+use ember_core::error::ErrorKind;
 use ember_core::job::{
-    ExecutorInfo, ExecutorSpec, JobState, JobStatus, PartitionStats, StageStatus, TaskDefinition,
-    TaskOutcome, TaskStatus,
+    ExecutorInfo, ExecutorSpec, JobState, JobStatus, PartitionStats, ScriptStatus, StageStatus,
+    TaskDefinition, TaskOutcome, TaskStatus,
 };
 use ember_core::metrics::ExecutorMetrics;
 use ember_core::shuffle::PartitionLocation;
@@ -148,13 +149,13 @@ impl From<&TaskStatus> for pb::TaskStatus {
                     .collect(),
                 rows_scanned: *rows_scanned,
             }),
-            TaskOutcome::Failed {
-                message,
-                user_error,
-            } => pb::task_status::Outcome::Failed(pb::TaskFailed {
-                message: message.clone(),
-                user_error: *user_error,
-            }),
+            TaskOutcome::Failed { message, kind } => {
+                pb::task_status::Outcome::Failed(pb::TaskFailed {
+                    message: message.clone(),
+                    user_error: *kind == ErrorKind::User,
+                    kind: kind.name().to_string(),
+                })
+            }
             TaskOutcome::FetchFailed {
                 executor_id,
                 stage_id,
@@ -190,7 +191,11 @@ impl TryFrom<pb::TaskStatus> for TaskStatus {
             },
             pb::task_status::Outcome::Failed(f) => TaskOutcome::Failed {
                 message: f.message,
-                user_error: f.user_error,
+                kind: ErrorKind::from_name(&f.kind).unwrap_or(if f.user_error {
+                    ErrorKind::User
+                } else {
+                    ErrorKind::Internal
+                }),
             },
             pb::task_status::Outcome::FetchFailed(f) => TaskOutcome::FetchFailed {
                 executor_id: f.executor_id.into(),
@@ -319,6 +324,10 @@ impl From<&JobStatus> for pb::JobStatus {
             job_id: s.job_id.to_string(),
             state: pb::JobState::from(s.state) as i32,
             error: s.error.clone().unwrap_or_default(),
+            error_kind: s
+                .error_kind
+                .map(|k| k.name().to_string())
+                .unwrap_or_default(),
             stages_total: s.stages_total,
             stages_completed: s.stages_completed,
             tasks_total: s.tasks_total,
@@ -353,6 +362,7 @@ impl TryFrom<pb::JobStatus> for JobStatus {
             job_id: JobId::from(s.job_id),
             state: state.try_into()?,
             error: (!s.error.is_empty()).then_some(s.error),
+            error_kind: ErrorKind::from_name(&s.error_kind),
             stages_total: s.stages_total,
             stages_completed: s.stages_completed,
             tasks_total: s.tasks_total,
@@ -374,6 +384,56 @@ impl TryFrom<pb::JobStatus> for JobStatus {
                     task_executors: st.task_executors,
                 })
                 .collect(),
+        })
+    }
+}
+
+impl From<&ScriptStatus> for pb::ScriptStatus {
+    fn from(s: &ScriptStatus) -> Self {
+        pb::ScriptStatus {
+            script_id: s.script_id.clone(),
+            name: s.name.clone(),
+            state: pb::JobState::from(s.state) as i32,
+            statements_total: s.statements_total,
+            statements_done: s.statements_done,
+            current_job_id: s.current_job_id.clone(),
+            stages_total: s.stages_total,
+            stages_completed: s.stages_completed,
+            tasks_total: s.tasks_total,
+            tasks_completed: s.tasks_completed,
+            elapsed_ms: s.elapsed_ms,
+            error: s.error.clone().unwrap_or_default(),
+            error_kind: s
+                .error_kind
+                .map(|k| k.name().to_string())
+                .unwrap_or_default(),
+            submitted_unix_ms: s.submitted_unix_ms,
+            statement_rows: s.statement_rows.clone(),
+        }
+    }
+}
+
+impl TryFrom<pb::ScriptStatus> for ScriptStatus {
+    type Error = EmberError;
+    fn try_from(s: pb::ScriptStatus) -> Result<Self> {
+        let state = pb::JobState::try_from(s.state)
+            .map_err(|_| EmberError::InvalidMessage(format!("unknown job state {}", s.state)))?;
+        Ok(ScriptStatus {
+            script_id: s.script_id,
+            name: s.name,
+            state: state.try_into()?,
+            statements_total: s.statements_total,
+            statements_done: s.statements_done,
+            current_job_id: s.current_job_id,
+            stages_total: s.stages_total,
+            stages_completed: s.stages_completed,
+            tasks_total: s.tasks_total,
+            tasks_completed: s.tasks_completed,
+            elapsed_ms: s.elapsed_ms,
+            error: (!s.error.is_empty()).then_some(s.error),
+            error_kind: ErrorKind::from_name(&s.error_kind),
+            submitted_unix_ms: s.submitted_unix_ms,
+            statement_rows: s.statement_rows,
         })
     }
 }
@@ -408,7 +468,11 @@ mod tests {
             },
             TaskOutcome::Failed {
                 message: "boom".into(),
-                user_error: true,
+                kind: ErrorKind::User,
+            },
+            TaskOutcome::Failed {
+                message: "out of memory".into(),
+                kind: ErrorKind::ResourcesExhausted,
             },
         ] {
             let s = TaskStatus {

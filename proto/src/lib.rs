@@ -4,6 +4,7 @@
 
 pub mod codec;
 pub mod convert;
+pub mod records;
 pub mod status;
 
 /// Generated prost/tonic code. Outside this crate, use it only in service modules.

@@ -5,6 +5,7 @@
 //! fetch-failure details so the other side gets its typed error back.
 
 use ember_core::EmberError;
+use ember_core::error::ErrorKind;
 use tonic::{Code, Status};
 
 const KIND: &str = "ember-error-kind";
@@ -16,11 +17,17 @@ pub fn status_from_error(e: &EmberError) -> Status {
         }
         EmberError::ProtocolMismatch { .. } => (Code::FailedPrecondition, "protocol"),
         EmberError::InvalidMessage(_) => (Code::InvalidArgument, "invalid-message"),
-        EmberError::Cancelled => (Code::Cancelled, "cancelled"),
         EmberError::FetchFailed { .. } => (Code::Unavailable, "fetch-failed"),
-        EmberError::Unavailable(_) => (Code::Unavailable, "unavailable"),
-        e if e.is_user_error() => (Code::InvalidArgument, "user"),
-        _ => (Code::Internal, "internal"),
+        e => match e.kind() {
+            ErrorKind::User => (Code::InvalidArgument, ErrorKind::User.name()),
+            ErrorKind::ResourcesExhausted => (
+                Code::ResourceExhausted,
+                ErrorKind::ResourcesExhausted.name(),
+            ),
+            ErrorKind::Unavailable => (Code::Unavailable, ErrorKind::Unavailable.name()),
+            ErrorKind::Internal => (Code::Internal, ErrorKind::Internal.name()),
+            ErrorKind::Cancelled => (Code::Cancelled, ErrorKind::Cancelled.name()),
+        },
     };
     let mut status = Status::new(code, e.to_string());
     if let Ok(v) = kind.parse() {
@@ -40,6 +47,9 @@ pub fn error_from_status(status: &Status) -> EmberError {
         (Code::Cancelled, _) => EmberError::Cancelled,
         (_, "user") | (_, "not-found") | (_, "protocol") => EmberError::User(message),
         (_, "invalid-message") => EmberError::InvalidMessage(message),
+        (_, "resources-exhausted") | (Code::ResourceExhausted, _) => {
+            EmberError::ResourcesExhausted(message)
+        }
         (Code::Unavailable, _) => EmberError::Unavailable(if message.is_empty() {
             format!("peer unavailable ({})", status.code())
         } else {
@@ -57,14 +67,32 @@ mod tests {
     #[test]
     fn user_errors_stay_user_errors_across_the_wire() {
         let cases = [
-            (EmberError::User("no such table".into()), true),
-            (EmberError::JobNotFound { job_id: "j".into() }, true),
-            (EmberError::Internal("bug".into()), false),
-            (EmberError::Unavailable("down".into()), false),
+            (EmberError::User("no such table".into()), ErrorKind::User),
+            (
+                EmberError::JobNotFound { job_id: "j".into() },
+                ErrorKind::User,
+            ),
+            (EmberError::Internal("bug".into()), ErrorKind::Internal),
+            (
+                EmberError::Unavailable("down".into()),
+                ErrorKind::Unavailable,
+            ),
+            (
+                EmberError::ResourcesExhausted("pool full".into()),
+                ErrorKind::ResourcesExhausted,
+            ),
+            (EmberError::Cancelled, ErrorKind::Cancelled),
+            (
+                EmberError::TaskFailed {
+                    message: "out of memory".into(),
+                    kind: ErrorKind::ResourcesExhausted,
+                },
+                ErrorKind::ResourcesExhausted,
+            ),
         ];
-        for (e, user) in cases {
+        for (e, kind) in cases {
             let back = error_from_status(&status_from_error(&e));
-            assert_eq!(back.is_user_error(), user, "{e}");
+            assert_eq!(back.kind(), kind, "{e}");
             assert!(
                 back.to_string().contains(&e.to_string()) || matches!(back, EmberError::Cancelled)
             );

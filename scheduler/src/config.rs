@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
+pub use crate::driver::SchedulingPolicy;
+
 #[derive(Debug, Clone, Parser)]
 #[command(about = "Ember scheduler options")]
 pub struct SchedulerConfig {
@@ -16,12 +18,9 @@ pub struct SchedulerConfig {
     )]
     pub bind: String,
 
-    /// Address of the HTTP endpoint (/healthz, /readyz, /metrics); `off` disables it.
-    #[arg(
-        long,
-        env = "EMBER_SCHEDULER_HTTP_BIND",
-        default_value = "127.0.0.1:9090"
-    )]
+    /// Address of the HTTP endpoint (/healthz, /readyz, /metrics); `off` disables it. When
+    /// the default port is taken (another process on this host), a free one is used and logged.
+    #[arg(long, env = "EMBER_SCHEDULER_HTTP_BIND", default_value = DEFAULT_HTTP_BIND)]
     pub http_bind: String,
 
     /// Write the HTTP endpoint's port to this file once it listens.
@@ -72,7 +71,12 @@ pub struct SchedulerConfig {
         value_enum,
         default_value = "proxy"
     )]
-    pub flight_results: crate::flight_sql::FlightResults,
+    pub flight_results: FlightResults,
+
+    /// How running jobs share task slots: `fair` (by weight; a job's weight is its
+    /// `ember.job_weight` setting, default 1) or `fifo` (the oldest job takes every slot).
+    #[arg(long, env = "EMBER_SCHEDULING_POLICY", default_value = "fair")]
+    pub scheduling_policy: SchedulingPolicy,
 
     /// Object stores (s3://) the scheduler lists and infers schemas from when planning.
     #[command(flatten)]
@@ -92,6 +96,19 @@ impl Default for SchedulerConfig {
         config.http_bind = "off".into();
         config
     }
+}
+
+/// The scheduler's HTTP endpoint, unless told otherwise.
+pub const DEFAULT_HTTP_BIND: &str = "127.0.0.1:9090";
+
+/// Where Flight SQL clients read results from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum FlightResults {
+    /// Through the scheduler's port: one published port serves clients outside the cluster.
+    #[default]
+    Proxy,
+    /// Straight from the executors holding the result (clients inside the cluster).
+    Direct,
 }
 
 impl SchedulerConfig {

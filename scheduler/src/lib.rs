@@ -1,21 +1,19 @@
-//! The Ember scheduler: plans SQL with DataFusion, cuts plans into stages, tracks jobs through a
-//! pure state machine, places tasks on executor slots, and serves clients and executors over gRPC.
+//! The Ember scheduler: plans SQL with DataFusion, cuts plans into stages, decides what runs
+//! where in a pure job driver, and serves clients and executors over gRPC and Flight SQL.
+//!
+//! Layers, each importing only those below it: `api` (transports) → `runtime` (I/O: store,
+//! RPCs, leadership) → `driver` (pure decisions); `planner`, `catalog` and `writes` are the
+//! DataFusion-facing pieces the runtime uses; `config` holds the options.
 
+pub mod api;
 pub mod catalog;
-pub mod cluster;
 pub mod config;
-pub mod durable;
-pub mod executor_client;
-pub mod flight_sql;
-pub mod ha;
+pub mod driver;
 pub mod planner;
-pub mod scheduler;
-pub mod scripts;
+pub mod runtime;
 pub mod server;
-pub mod service;
-pub mod state;
 pub mod writes;
 
 pub use config::SchedulerConfig;
-pub use scheduler::{Query, Role, Scheduler};
+pub use runtime::{Query, Role, Scheduler};
 pub use server::{SchedulerHandle, start};

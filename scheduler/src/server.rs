@@ -11,10 +11,10 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::flight_sql::FlightSqlFront;
+use crate::api::grpc::SchedulerGrpc;
 use crate::config::SchedulerConfig;
-use crate::flight_sql::FlightSqlFront;
-use crate::scheduler::{Role, Scheduler};
-use crate::service::SchedulerGrpc;
+use crate::runtime::{Role, Scheduler};
 use arrow_flight::flight_service_server::FlightServiceServer;
 
 /// A running scheduler; dropping it does not stop it, `shutdown` does.
@@ -23,7 +23,7 @@ pub struct SchedulerHandle {
     /// The address the server listens on.
     pub local_addr: SocketAddr,
     /// The HTTP endpoint (/healthz, /readyz, /metrics), unless disabled.
-    pub http: Option<ember_core::ops::OpsServer>,
+    pub http: Option<ember_ops::OpsServer>,
     shutdown: CancellationToken,
     server: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
 }
@@ -98,8 +98,8 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
     tracing::info!(%local_addr, "scheduler listening");
     let http = match config_http(&scheduler) {
         Some(bind) => {
-            let ops: Arc<dyn ember_core::ops::Ops> = Arc::new(SchedulerOps(Arc::clone(&scheduler)));
-            let server = ember_core::ops::serve(&bind, ops).await?;
+            let ops: Arc<dyn ember_ops::Ops> = Arc::new(SchedulerOps(Arc::clone(&scheduler)));
+            let server = ember_ops::serve(&bind, crate::config::DEFAULT_HTTP_BIND, ops).await?;
             if let Some(path) = &scheduler.config.http_port_file {
                 std::fs::write(path, server.local_addr.port().to_string())?;
             }
@@ -124,7 +124,7 @@ fn config_http(scheduler: &Scheduler) -> Option<String> {
 /// What the scheduler's HTTP endpoint reports.
 struct SchedulerOps(Arc<Scheduler>);
 
-impl ember_core::ops::Ops for SchedulerOps {
+impl ember_ops::Ops for SchedulerOps {
     fn ready(&self) -> std::result::Result<(), String> {
         match self.0.role() {
             Role::Leader { .. } | Role::Standby { leader: Some(_) } => Ok(()),
@@ -133,7 +133,7 @@ impl ember_core::ops::Ops for SchedulerOps {
         }
     }
 
-    fn metrics(&self) -> Vec<ember_core::ops::Metric> {
+    fn metrics(&self) -> Vec<ember_ops::Metric> {
         self.0.metrics()
     }
 }

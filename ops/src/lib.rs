@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{EmberError, Result};
+use ember_core::{EmberError, Result};
 
 /// Whether a sample only ever grows (a counter) or goes up and down (a gauge).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -158,11 +158,31 @@ impl OpsServer {
     }
 }
 
-/// Serves `/healthz`, `/readyz` and `/metrics` on `bind` (port 0 picks one).
-pub async fn serve(bind: &str, ops: Arc<dyn Ops>) -> Result<OpsServer> {
-    let listener = TcpListener::bind(bind)
-        .await
-        .map_err(|e| EmberError::User(format!("cannot listen for HTTP on {bind}: {e}")))?;
+/// Serves `/healthz`, `/readyz` and `/metrics` on `bind` (port 0 picks one). When `bind` is
+/// the process's `default` and that port is taken (another Ember process on the same host),
+/// a free port is taken instead, and logged; an address someone chose must be free.
+pub async fn serve(bind: &str, default: &str, ops: Arc<dyn Ops>) -> Result<OpsServer> {
+    let listener = match TcpListener::bind(bind).await {
+        Ok(listener) => listener,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && bind == default => {
+            let host = bind.rsplit_once(':').map_or("127.0.0.1", |(host, _)| host);
+            let listener = TcpListener::bind((host, 0))
+                .await
+                .map_err(|e| EmberError::User(format!("cannot listen for HTTP on {host}: {e}")))?;
+            tracing::warn!(
+                taken = bind,
+                chosen = %listener.local_addr()?,
+                "the default HTTP port is taken (another Ember process on this host?); \
+                 serving on a free one (choose one with --http-bind)"
+            );
+            listener
+        }
+        Err(e) => {
+            return Err(EmberError::User(format!(
+                "cannot listen for HTTP on {bind}: {e}"
+            )));
+        }
+    };
     let local_addr = listener.local_addr()?;
     let app = Router::new()
         .route("/healthz", get(healthz))
@@ -190,6 +210,34 @@ pub async fn serve(bind: &str, ops: Arc<dyn Ops>) -> Result<OpsServer> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Up;
+
+    impl Ops for Up {
+        fn ready(&self) -> std::result::Result<(), String> {
+            Ok(())
+        }
+        fn metrics(&self) -> Vec<Metric> {
+            Vec::new()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_taken_default_port_falls_back_to_a_free_one_and_a_chosen_one_does_not() {
+        let first = serve("127.0.0.1:0", "127.0.0.1:0", Arc::new(Up))
+            .await
+            .unwrap();
+        let taken = first.local_addr.to_string();
+        let second = serve(&taken, &taken, Arc::new(Up)).await.unwrap();
+        assert_ne!(second.local_addr, first.local_addr);
+        let chosen = serve(&taken, "127.0.0.1:9090", Arc::new(Up)).await;
+        assert!(
+            matches!(&chosen, Err(EmberError::User(m)) if m.contains(&taken)),
+            "{chosen:?}"
+        );
+        second.shutdown().await;
+        first.shutdown().await;
+    }
 
     #[test]
     fn samples_render_as_prometheus_text() {

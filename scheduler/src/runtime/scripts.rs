@@ -11,32 +11,29 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ember_core::job::{JobState, JobStatus};
+use ember_core::error::ErrorKind;
+use ember_core::job::{JobState, JobStatus, ScriptStatus};
 use ember_core::meta::Op;
+use ember_core::records::ScriptRecord;
 use ember_core::shuffle::batches_from_ipc_stream;
 use ember_core::{EmberError, JobId, Result};
-use ember_proto::pb;
 use parking_lot::Mutex;
-use prost::Message;
 use tracing::{info, warn};
 
-use crate::durable::unix_ms;
-use crate::scheduler::{Query, Scheduler};
+use super::unix_ms;
+use super::{Query, Scheduler};
 
 /// The scripts this scheduler runs (as leader), by id.
 #[derive(Debug, Default)]
 pub struct Scripts {
-    records: Mutex<BTreeMap<String, pb::ScriptRecord>>,
+    records: Mutex<BTreeMap<String, ScriptRecord>>,
     /// Saves one at a time, each writing the record as it is then: a later save never writes
     /// an older state (a cancel is not undone by a step recorded concurrently).
     saving: tokio::sync::Mutex<()>,
 }
 
-fn terminal(state: i32) -> bool {
-    matches!(
-        pb::JobState::try_from(state),
-        Ok(pb::JobState::Succeeded | pb::JobState::Failed | pb::JobState::Cancelled)
-    )
+fn terminal(state: JobState) -> bool {
+    state.is_terminal()
 }
 
 /// Rows a finished statement returned, or wrote (DML answers with a `count` column).
@@ -70,9 +67,9 @@ impl Scheduler {
         if statements.is_empty() {
             return Err(EmberError::User("the script holds no statement".into()));
         }
-        let fence = self.fence().ok_or_else(crate::scheduler::not_leader)?;
+        let fence = self.fence().ok_or_else(super::not_leader)?;
         let id = JobId::new_random();
-        let record = pb::ScriptRecord {
+        let record = ScriptRecord {
             script_id: id.to_string(),
             name: if name.is_empty() {
                 id.to_string()
@@ -80,16 +77,20 @@ impl Scheduler {
                 name
             },
             statements,
-            settings: settings
-                .into_iter()
-                .map(|(key, value)| pb::Setting { key, value })
-                .collect(),
-            state: pb::JobState::Queued as i32,
+            settings,
+            state: JobState::Queued,
+            statements_done: 0,
+            current_job_id: String::new(),
+            error: None,
+            error_kind: None,
             submitted_unix_ms: unix_ms(),
-            ..Default::default()
+            finished_unix_ms: 0,
+            statement_rows: Vec::new(),
+            stages_done_before: 0,
+            tasks_done_before: 0,
         };
         if !self.persist_script(fence, &record).await? {
-            return Err(crate::scheduler::not_leader());
+            return Err(super::not_leader());
         }
         info!(script_id = %id, name = %record.name, statements = record.statements.len(), "script submitted");
         self.scripts.records.lock().insert(id.to_string(), record);
@@ -97,9 +98,12 @@ impl Scheduler {
         Ok(id)
     }
 
-    async fn persist_script(&self, fence: i64, record: &pb::ScriptRecord) -> Result<bool> {
-        let guard = crate::durable::fence(&self.keys, fence);
-        let op = Op::put(self.keys.script(&record.script_id), record.encode_to_vec());
+    async fn persist_script(&self, fence: i64, record: &ScriptRecord) -> Result<bool> {
+        let guard = super::journal::fence(&self.keys, fence);
+        let op = Op::put(
+            self.keys.script(&record.script_id),
+            ember_proto::records::encode_script(record),
+        );
         Ok(self.store.txn(guard, vec![op]).await?.succeeded)
     }
 
@@ -124,7 +128,7 @@ impl Scheduler {
         }
     }
 
-    fn update_script(&self, id: &str, f: impl FnOnce(&mut pb::ScriptRecord)) {
+    fn update_script(&self, id: &str, f: impl FnOnce(&mut ScriptRecord)) {
         if let Some(record) = self.scripts.records.lock().get_mut(id) {
             f(record);
         }
@@ -146,7 +150,7 @@ impl Scheduler {
             let next = record.statements_done as usize;
             if next >= record.statements.len() {
                 self.update_script(&id, |r| {
-                    r.state = pb::JobState::Succeeded as i32;
+                    r.state = JobState::Succeeded;
                     r.finished_unix_ms = unix_ms();
                 });
                 self.save_script(fence, &id).await;
@@ -160,7 +164,8 @@ impl Scheduler {
                     if !self.is_leader(fence) {
                         return;
                     }
-                    self.fail_script(fence, &id, next, &e.to_string()).await;
+                    self.fail_script(fence, &id, next, &e.to_string(), e.kind())
+                        .await;
                     return;
                 }
             };
@@ -195,7 +200,7 @@ impl Scheduler {
                 }
                 JobState::Cancelled => {
                     self.update_script(&id, |r| {
-                        r.state = pb::JobState::Cancelled as i32;
+                        r.state = JobState::Cancelled;
                         r.finished_unix_ms = unix_ms();
                     });
                     self.save_script(fence, &id).await;
@@ -204,7 +209,8 @@ impl Scheduler {
                 }
                 _ => {
                     let error = status.error.unwrap_or_else(|| "the job failed".into());
-                    self.fail_script(fence, &id, next, &error).await;
+                    let kind = status.error_kind.unwrap_or(ErrorKind::Internal);
+                    self.fail_script(fence, &id, next, &error, kind).await;
                     return;
                 }
             }
@@ -219,7 +225,7 @@ impl Scheduler {
         self: &Arc<Self>,
         fence: i64,
         id: &str,
-        record: &pb::ScriptRecord,
+        record: &ScriptRecord,
     ) -> Result<Option<JobId>> {
         if !record.current_job_id.is_empty() {
             let recorded = JobId::from(record.current_job_id.clone());
@@ -233,18 +239,14 @@ impl Scheduler {
             cancelled = terminal(r.state);
             if !cancelled {
                 r.current_job_id = job_id.to_string();
-                r.state = pb::JobState::Running as i32;
+                r.state = JobState::Running;
             }
         });
         if cancelled || !self.save_script(fence, id).await {
             return Ok(None);
         }
         let sql = record.statements[record.statements_done as usize].clone();
-        let settings = record
-            .settings
-            .iter()
-            .map(|s| (s.key.clone(), s.value.clone()))
-            .collect();
+        let settings = record.settings.clone();
         let job_id = self.submit_as(job_id, Query::Sql(sql), settings).await?;
         // A cancel that came while the statement was being planned found no job to cancel.
         let mut cancelled = false;
@@ -255,10 +257,18 @@ impl Scheduler {
         Ok(Some(job_id))
     }
 
-    async fn fail_script(&self, fence: i64, id: &str, statement: usize, error: &str) {
+    async fn fail_script(
+        &self,
+        fence: i64,
+        id: &str,
+        statement: usize,
+        error: &str,
+        kind: ErrorKind,
+    ) {
         self.update_script(id, |r| {
-            r.state = pb::JobState::Failed as i32;
-            r.error = format!("statement {} failed: {error}", statement + 1);
+            r.state = JobState::Failed;
+            r.error_kind = Some(kind);
+            r.error = Some(format!("statement {} failed: {error}", statement + 1));
             r.finished_unix_ms = unix_ms();
         });
         self.save_script(fence, id).await;
@@ -274,7 +284,8 @@ impl Scheduler {
             if terminal(record.state) {
                 (false, None)
             } else {
-                record.state = pb::JobState::Cancelled as i32;
+                record.state = JobState::Cancelled;
+                record.error_kind = Some(ErrorKind::Cancelled);
                 record.finished_unix_ms = unix_ms();
                 (true, Some(record.current_job_id.clone()))
             }
@@ -295,8 +306,8 @@ impl Scheduler {
     }
 
     /// Scripts this leader knows (all of them, or the one with `id`), newest first.
-    pub async fn scripts(&self, id: Option<&str>) -> Result<Vec<pb::ScriptStatus>> {
-        let records: Vec<pb::ScriptRecord> = {
+    pub async fn scripts(&self, id: Option<&str>) -> Result<Vec<ScriptStatus>> {
+        let records: Vec<ScriptRecord> = {
             let records = self.scripts.records.lock();
             match id {
                 Some(id) => {
@@ -337,7 +348,7 @@ impl Scheduler {
             } else {
                 now
             };
-            out.push(pb::ScriptStatus {
+            out.push(ScriptStatus {
                 script_id: r.script_id,
                 name: r.name,
                 state: r.state,
@@ -350,6 +361,7 @@ impl Scheduler {
                 tasks_completed: r.tasks_done_before + tasks_done,
                 elapsed_ms: end.saturating_sub(r.submitted_unix_ms),
                 error: r.error,
+                error_kind: r.error_kind,
                 submitted_unix_ms: r.submitted_unix_ms,
                 statement_rows: r.statement_rows,
             });
@@ -359,11 +371,11 @@ impl Scheduler {
     }
 
     /// The recorded scripts (read before this scheduler takes requests).
-    pub(crate) async fn recorded_scripts(&self) -> Result<BTreeMap<String, pb::ScriptRecord>> {
+    pub(crate) async fn recorded_scripts(&self) -> Result<BTreeMap<String, ScriptRecord>> {
         let (kvs, _) = self.store.range(&self.keys.scripts()).await?;
         let mut records = BTreeMap::new();
         for kv in kvs {
-            match pb::ScriptRecord::decode(&kv.value[..]) {
+            match ember_proto::records::decode_script(&kv.value) {
                 Ok(r) => {
                     records.insert(r.script_id.clone(), r);
                 }
@@ -374,7 +386,7 @@ impl Scheduler {
     }
 
     /// As a new leader, before taking requests: knows the recorded scripts.
-    pub(crate) fn load_scripts(&self, records: BTreeMap<String, pb::ScriptRecord>) {
+    pub(crate) fn load_scripts(&self, records: BTreeMap<String, ScriptRecord>) {
         *self.scripts.records.lock() = records;
     }
 
@@ -425,7 +437,7 @@ impl Scheduler {
         let store = Arc::clone(&self.store);
         let keys = self.keys.clone();
         self.spawn(async move {
-            let guard = crate::durable::fence(&keys, fence);
+            let guard = super::journal::fence(&keys, fence);
             let ops = expired
                 .iter()
                 .map(|id| Op::Delete(keys.script(id)))

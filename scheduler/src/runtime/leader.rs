@@ -13,12 +13,13 @@ use bytes::Bytes;
 use ember_core::Result;
 use ember_core::job::ExecutorSpec;
 use ember_core::meta::{Compare, KeyValue, LeaseId, Op, WatchEvent};
-use ember_proto::pb;
+use ember_core::records::LeaderRecord;
 use futures::StreamExt;
-use prost::Message;
 use tracing::{info, warn};
 
-use crate::scheduler::{Role, Scheduler};
+use super::{Role, Scheduler, journal};
+use crate::catalog;
+use crate::driver::Event;
 
 /// How long to wait before retrying a store that did not answer.
 const RETRY: Duration = Duration::from_millis(500);
@@ -27,12 +28,11 @@ const RETRY: Duration = Duration::from_millis(500);
 /// standby takes over without waiting for the lease to expire.
 pub async fn leadership(sched: Arc<Scheduler>, address: String) {
     let token = sched.shutdown_token();
-    let record = pb::LeaderRecord {
+    let record = ember_proto::records::encode_leader(&LeaderRecord {
         scheduler_id: sched.id.clone(),
         address,
         protocol_version: ember_core::PROTOCOL_VERSION,
-    }
-    .encode_to_vec();
+    });
     let ttl = sched.config.leader_ttl_secs.max(1) as i64;
     while !token.is_cancelled() {
         let won = tokio::select! {
@@ -98,8 +98,8 @@ async fn campaign(sched: &Scheduler, record: &[u8], ttl: i64) -> Result<Option<(
     Ok(None)
 }
 
-fn leader_of(kv: &KeyValue) -> Option<pb::LeaderRecord> {
-    pb::LeaderRecord::decode(&kv.value[..]).ok()
+fn leader_of(kv: &KeyValue) -> Option<LeaderRecord> {
+    ember_proto::records::decode_leader(&kv.value).ok()
 }
 
 /// Leads until the lease is lost (or shutdown): restores the jobs, follows executors, keeps
@@ -216,7 +216,7 @@ async fn read_executors(sched: &Scheduler) -> Result<(Vec<(ExecutorSpec, bool)>,
 /// Decodes an executor record; one speaking another protocol version is refused here (the
 /// executor itself checks the leader's version and stops with the reason).
 fn executor_of(kv: &KeyValue) -> Option<(ExecutorSpec, bool)> {
-    let record = pb::ExecutorRecord::decode(&kv.value[..]).ok()?;
+    let record = ember_proto::records::decode_executor(&kv.value).ok()?;
     if record.protocol_version != ember_core::PROTOCOL_VERSION {
         warn!(
             key = %kv.key,
@@ -226,8 +226,7 @@ fn executor_of(kv: &KeyValue) -> Option<(ExecutorSpec, bool)> {
         );
         return None;
     }
-    let spec = ExecutorSpec::try_from(record.executor?).ok()?;
-    Some((spec, record.draining))
+    Some((record.spec, record.draining))
 }
 
 /// Applies executor joins and losses from the store while leadership `fence` lasts; after a
@@ -255,13 +254,15 @@ async fn follow_executors(sched: Arc<Scheduler>, fence: i64, mut revision: i64) 
                     Some(Ok(WatchEvent::Put(kv))) => {
                         revision = kv.mod_revision;
                         if let Some((spec, draining)) = executor_of(&kv) {
-                            sched.executor_put(spec, draining);
+                            sched.dispatch(Event::ExecutorLeased { spec, draining });
                         }
                     }
                     Some(Ok(WatchEvent::Delete { key, revision: r })) => {
                         revision = r;
                         let id = key[prefix.len()..].to_string();
-                        sched.executor_gone(&id.into());
+                        sched.dispatch(Event::ExecutorLeaseExpired {
+                            executor: id.into(),
+                        });
                     }
                     Some(Err(e)) => {
                         warn!(error = %e, "executor watch broke; re-reading");
@@ -282,9 +283,61 @@ async fn follow_executors(sched: Arc<Scheduler>, fence: i64, mut revision: i64) 
         match read_executors(&sched).await {
             Ok((list, r)) => {
                 revision = r;
-                sched.sync_executors(&list);
+                sched.dispatch(Event::ExecutorsListed { executors: list });
             }
             Err(e) => warn!(error = %e, "reading executors failed"),
         }
+    }
+}
+
+impl Scheduler {
+    /// Takes over as leader under `fence`: reads the live executors (when they register in
+    /// the store), the catalog, the recorded jobs, commits and batch jobs, and hands them to the
+    /// driver, which continues every unfinished job.
+    pub(crate) async fn become_leader(
+        self: &Arc<Self>,
+        fence: i64,
+        executors: Option<Vec<(ExecutorSpec, bool)>>,
+    ) -> Result<()> {
+        if let Some(executors) = executors {
+            self.dispatch(Event::ExecutorsListed { executors });
+        }
+        catalog::restore(self.store.as_ref(), &self.keys, &self.ctx).await?;
+        // Everything a client could ask about is read before this scheduler takes requests.
+        let jobs =
+            journal::read_jobs(self.store.as_ref(), &self.keys, &self.ctx.task_ctx()).await?;
+        let writes = journal::read_writes(self.store.as_ref(), &self.keys).await?;
+        let scripts = self.recorded_scripts().await?;
+        self.load_scripts(scripts);
+        let unfinished = jobs
+            .iter()
+            .filter(|j| !j.record.state.is_terminal())
+            .count();
+        self.set_role(Role::Leader { fence });
+        self.dispatch(Event::LeadershipGained {
+            fence,
+            jobs,
+            writes,
+        });
+        if unfinished > 0 {
+            info!(jobs = unfinished, "continuing the recorded jobs");
+        }
+        self.resume_scripts(fence);
+        Ok(())
+    }
+
+    /// Leadership `fence` ended: the driver forgets the jobs (the next leader continues them
+    /// from their records) and requests are refused until a leader is known.
+    pub(crate) fn step_down(&self, fence: i64) {
+        if !self.is_leader(fence) {
+            return;
+        }
+        if self.shutdown_token().is_cancelled() {
+            info!("leaving leadership: shutting down");
+        } else {
+            warn!("stepping down as leader");
+        }
+        self.set_role(Role::Starting);
+        self.dispatch(Event::LeadershipLost { fence });
     }
 }

@@ -16,7 +16,7 @@ use ember_core::net::Channels;
 use ember_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use tonic::transport::Channel;
 
-use crate::scheduler::{Query, Role, Scheduler};
+use crate::runtime::{Query, Role, Scheduler};
 
 /// Longest long-poll a client may ask for.
 const MAX_WAIT: Duration = Duration::from_secs(30);
@@ -231,7 +231,9 @@ impl SchedulerService for SchedulerGrpc {
         let req = request.into_inner();
         let filter = (!req.script_id.is_empty()).then_some(req.script_id.as_str());
         let scripts = self.scheduler.scripts(filter).await.map_err(err)?;
-        Ok(Response::new(pb::ListScriptsResponse { scripts }))
+        Ok(Response::new(pb::ListScriptsResponse {
+            scripts: scripts.iter().map(Into::into).collect(),
+        }))
     }
 
     async fn list_executors(

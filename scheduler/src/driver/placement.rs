@@ -1,13 +1,15 @@
-//! The executors the scheduler knows, their free task slots, and how tasks are placed on them.
-//!
-//! Executors join through [`ExecutorMembership`] — today by registering with the scheduler
-//! directly; a coordination service can feed the same seam. The slot bookkeeping is pure.
+//! The executors the driver knows, their free task slots, and how pending tasks are placed on
+//! them: FIFO (the oldest job first) or fair sharing (running jobs share slots by weight).
 
 use std::collections::BTreeMap;
 
+use std::collections::VecDeque;
+
 use ember_core::ExecutorId;
-use ember_core::job::{ExecutorInfo, ExecutorSpec};
+use ember_core::job::{ExecutorInfo, ExecutorSpec, TaskDefinition};
 use ember_core::metrics::ExecutorMetrics;
+
+use super::job::{Job, PendingTask};
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -22,23 +24,14 @@ struct Entry {
     draining: bool,
 }
 
-/// How executors join and leave; the scheduler's view of membership.
-pub trait ExecutorMembership: Send + Sync {
-    /// An executor announced itself (or announced itself again after a restart).
-    fn register(&mut self, spec: ExecutorSpec, now_ms: u64);
-    /// Liveness and counters; false when the executor is unknown (it must register again).
-    fn heartbeat(&mut self, id: &ExecutorId, metrics: ExecutorMetrics, now_ms: u64) -> bool;
-    /// Executors not heard from for `timeout_ms`: removed and returned.
-    fn expire(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<ExecutorId>;
-}
-
 #[derive(Debug, Default)]
 pub struct Cluster {
     executors: BTreeMap<ExecutorId, Entry>,
 }
 
-impl ExecutorMembership for Cluster {
-    fn register(&mut self, spec: ExecutorSpec, now_ms: u64) {
+impl Cluster {
+    /// An executor announced itself (or announced itself again after a restart).
+    pub fn register(&mut self, spec: ExecutorSpec, now_ms: u64) {
         let id = spec.id.clone();
         self.executors.insert(
             id,
@@ -54,7 +47,8 @@ impl ExecutorMembership for Cluster {
         );
     }
 
-    fn heartbeat(&mut self, id: &ExecutorId, metrics: ExecutorMetrics, now_ms: u64) -> bool {
+    /// Liveness and counters; false when the executor is unknown (it must register again).
+    pub fn heartbeat(&mut self, id: &ExecutorId, metrics: ExecutorMetrics, now_ms: u64) -> bool {
         match self.executors.get_mut(id) {
             Some(e) => {
                 e.metrics = metrics;
@@ -66,7 +60,8 @@ impl ExecutorMembership for Cluster {
         }
     }
 
-    fn expire(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<ExecutorId> {
+    /// Executors not heard from for `timeout_ms` (and not leased): removed and returned.
+    pub fn expire(&mut self, now_ms: u64, timeout_ms: u64) -> Vec<ExecutorId> {
         let gone: Vec<ExecutorId> = self
             .executors
             .iter()
@@ -78,9 +73,7 @@ impl ExecutorMembership for Cluster {
         }
         gone
     }
-}
 
-impl Cluster {
     /// An executor whose liveness is its lease: it does not expire for want of heartbeats.
     pub fn register_leased(&mut self, spec: ExecutorSpec, now_ms: u64) {
         let id = spec.id.clone();
@@ -174,6 +167,133 @@ impl Cluster {
     pub fn ids(&self) -> Vec<ExecutorId> {
         self.executors.keys().cloned().collect()
     }
+
+    pub fn contains(&self, id: &ExecutorId) -> bool {
+        self.executors.contains_key(id)
+    }
+
+    pub fn addresses(&self) -> Vec<String> {
+        self.executors
+            .values()
+            .map(|e| e.spec.address.clone())
+            .collect()
+    }
+}
+
+/// How running jobs share the cluster's task slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SchedulingPolicy {
+    /// Running jobs share slots in proportion to their weights: a job submitted while another
+    /// fills the cluster gets the next free slots until it holds its share.
+    #[default]
+    Fair,
+    /// The oldest job takes every slot it can use; later jobs get what is left.
+    Fifo,
+}
+
+impl SchedulingPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            SchedulingPolicy::Fair => "fair",
+            SchedulingPolicy::Fifo => "fifo",
+        }
+    }
+}
+
+impl std::str::FromStr for SchedulingPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "fair" => Ok(SchedulingPolicy::Fair),
+            "fifo" => Ok(SchedulingPolicy::Fifo),
+            other => Err(format!(
+                "unknown scheduling policy `{other}`: use `fair` or `fifo`"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for SchedulingPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A task to send to an executor.
+#[derive(Debug, Clone)]
+pub struct Launch {
+    pub executor: ExecutorSpec,
+    pub task: TaskDefinition,
+}
+
+/// One job competing for slots: its pending tasks in order, and what it holds.
+struct Claim {
+    index: usize,
+    pending: VecDeque<PendingTask>,
+    running: u64,
+    weight: u64,
+}
+
+/// Places pending tasks of `jobs` (in submission order) on free slots of `cluster`.
+///
+/// FIFO walks the jobs in order and gives each every slot it can use. Fair sharing gives each
+/// free slot to the job furthest below its share — the fewest running tasks per unit of
+/// weight, the older job on a tie — so a job submitted behind a long one starts as soon as
+/// slots free up, and jobs of equal weight converge on equal numbers of slots.
+pub fn assign(
+    policy: SchedulingPolicy,
+    cluster: &mut Cluster,
+    jobs: &mut [&mut Job],
+) -> Vec<Launch> {
+    let mut launches = Vec::new();
+    let mut claims: Vec<Claim> = jobs
+        .iter()
+        .enumerate()
+        .map(|(index, job)| Claim {
+            index,
+            pending: job.pending_tasks().into(),
+            running: job.running_count() as u64,
+            weight: job.weight.max(1) as u64,
+        })
+        .filter(|c| !c.pending.is_empty())
+        .collect();
+    while cluster.has_free_slot() {
+        let next =
+            match policy {
+                SchedulingPolicy::Fifo => claims.iter_mut().find(|c| !c.pending.is_empty()),
+                // running_a / weight_a < running_b / weight_b, without division.
+                SchedulingPolicy::Fair => claims
+                    .iter_mut()
+                    .filter(|c| !c.pending.is_empty())
+                    .min_by(|a, b| {
+                        (a.running * b.weight)
+                            .cmp(&(b.running * a.weight))
+                            .then(a.index.cmp(&b.index))
+                    }),
+            };
+        let Some(claim) = next else { break };
+        let task = claim.pending.pop_front().expect("non-empty");
+        // A retry avoiding the only executor with free slots waits for another one.
+        let Some(executor) = cluster.take_slot(task.avoid.as_ref()) else {
+            continue;
+        };
+        claim.running += 1;
+        let job = &mut jobs[claim.index];
+        let task_id = job.task_launched(task.stage, task.partition, &executor.id);
+        let plan = job.stages[&task.stage]
+            .launch_plan
+            .clone()
+            .expect("pending tasks belong to stages with a plan");
+        launches.push(Launch {
+            executor,
+            task: TaskDefinition {
+                task_id,
+                plan,
+                settings: job.settings.clone(),
+            },
+        });
+    }
+    launches
 }
 
 #[cfg(test)]
