@@ -66,17 +66,9 @@ pub struct ProbeArgs {
 /// A running cluster to talk to (batch jobs need one that outlives this process).
 #[derive(Debug, Clone, Args)]
 pub struct RemoteArgs {
-    /// Scheduler, as http://HOST:PORT; several, comma-separated, are tried in turn.
-    #[arg(long, env = "EMBER_SCHEDULER_URL", required_unless_present = "etcd")]
-    pub scheduler: Option<String>,
-
-    /// Find the leading scheduler through etcd (comma-separated http://HOST:PORT endpoints).
-    #[arg(long, env = "EMBER_ETCD", conflicts_with = "scheduler")]
-    pub etcd: Option<String>,
-
-    /// Cluster name in etcd (with --etcd).
-    #[arg(long, env = "EMBER_CLUSTER_NAME", default_value = "default")]
-    pub cluster_name: String,
+    /// The cluster: its scheduler URLs, or etcd.
+    #[command(flatten)]
+    pub cluster: ember_core::options::ClusterAddress,
 }
 
 #[derive(Debug, Args)]
@@ -161,21 +153,13 @@ pub enum OutputFormat {
 /// Where SQL runs: an embedded cluster or a remote scheduler.
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
-    /// Run on an embedded cluster in this process (the default without --scheduler).
-    #[arg(long, conflicts_with = "scheduler")]
+    /// Run on an embedded cluster in this process (the default without --scheduler/--etcd).
+    #[arg(long, conflicts_with_all = ["scheduler", "etcd"])]
     pub local: bool,
 
-    /// Scheduler to run on, as http://HOST:PORT; several, comma-separated, are tried in turn.
-    #[arg(long, env = "EMBER_SCHEDULER_URL")]
-    pub scheduler: Option<String>,
-
-    /// Find the leading scheduler through etcd (comma-separated http://HOST:PORT endpoints).
-    #[arg(long, env = "EMBER_ETCD", conflicts_with_all = ["scheduler", "local"])]
-    pub etcd: Option<String>,
-
-    /// Cluster name in etcd (with --etcd).
-    #[arg(long, env = "EMBER_CLUSTER_NAME", default_value = "default")]
-    pub cluster_name: String,
+    /// A running cluster to use instead: its scheduler URLs, or etcd.
+    #[command(flatten)]
+    pub remote: ember_core::options::ClusterAddress,
 
     /// Executors of the embedded cluster.
     #[arg(long, env = "EMBER_EXECUTORS", default_value_t = 2)]

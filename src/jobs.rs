@@ -13,11 +13,9 @@ use crate::cli::{JobsAction, JobsArgs, RemoteArgs, SubmitArgs};
 use crate::sql::split_statements;
 
 pub async fn connect(remote: &RemoteArgs) -> Result<EmberClient> {
-    Ok(match (&remote.scheduler, &remote.etcd) {
-        (Some(url), _) => EmberClient::connect(url).await?,
-        (None, Some(etcd)) => EmberClient::connect_etcd(etcd, &remote.cluster_name).await?,
-        (None, None) => bail!("give the cluster with --scheduler URL or --etcd URLS"),
-    })
+    EmberClient::connect_to(&remote.cluster)
+        .await?
+        .context("give the cluster with --scheduler URL or --etcd URLS")
 }
 
 pub async fn submit(args: SubmitArgs) -> Result<()> {

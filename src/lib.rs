@@ -47,8 +47,28 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&e))
         }
+    }
+}
+
+/// The exit status of a failed command, by the kind of its error, so that a scheduler of
+/// nightly jobs can tell "fix the query" from "try again later": 3 user error, 4 resources
+/// exhausted, 5 unavailable (retry), 6 internal error, 7 cancelled; 1 for anything else (a
+/// local problem: bad arguments, files).
+pub fn exit_code(e: &anyhow::Error) -> u8 {
+    use ember_core::error::ErrorKind;
+    let kind = e
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<ember_core::EmberError>())
+        .map(|e| e.kind());
+    match kind {
+        None => 1,
+        Some(ErrorKind::User) => 3,
+        Some(ErrorKind::ResourcesExhausted) => 4,
+        Some(ErrorKind::Unavailable) => 5,
+        Some(ErrorKind::Internal) => 6,
+        Some(ErrorKind::Cancelled) => 7,
     }
 }
 
@@ -115,6 +135,37 @@ fn init_logging(filter: &str, format: cli::LogFormat) {
         cli::LogFormat::Text => builder.try_init(),
         cli::LogFormat::Json => builder.json().try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use ember_core::EmberError;
+    use ember_core::error::ErrorKind;
+
+    use super::exit_code;
+
+    #[test]
+    fn exit_codes_follow_the_error_kind() {
+        let cases = [
+            (EmberError::User("no such table".into()), 3),
+            (EmberError::ResourcesExhausted("pool".into()), 4),
+            (EmberError::Unavailable("down".into()), 5),
+            (EmberError::Internal("bug".into()), 6),
+            (EmberError::Cancelled, 7),
+            (
+                EmberError::TaskFailed {
+                    message: "oom".into(),
+                    kind: ErrorKind::ResourcesExhausted,
+                },
+                4,
+            ),
+        ];
+        for (e, code) in cases {
+            let wrapped = anyhow::Error::from(e).context("running the job");
+            assert_eq!(exit_code(&wrapped), code, "{wrapped:#}");
+        }
+        assert_eq!(exit_code(&anyhow::anyhow!("bad flag")), 1);
+    }
 }
 
 /// Parses the command line, after the config file (if any) filled in what flags and

@@ -20,13 +20,9 @@ pub struct Session {
 
 impl Session {
     pub async fn open(args: &ClusterArgs) -> Result<Self> {
-        let (client, embedded) = match (&args.scheduler, &args.etcd) {
-            (Some(url), _) => (EmberClient::connect(url).await?, None),
-            (None, Some(etcd)) => (
-                EmberClient::connect_etcd(etcd, &args.cluster_name).await?,
-                None,
-            ),
-            (None, None) => {
+        let (client, embedded) = match EmberClient::connect_to(&args.remote).await? {
+            Some(client) => (client, None),
+            None => {
                 let cluster = EmbeddedCluster::start(args.executors, args.slots).await?;
                 (cluster.client().await?, Some(cluster))
             }

@@ -221,3 +221,16 @@ fn no_source_file_grows_past_800_lines() {
         }
     }
 }
+
+#[test]
+fn executors_write_no_job_state() {
+    for (path, text) in sources("executor/src") {
+        let code = code(&text);
+        for word in ["records::", "keys.job", "stage_output(", "keys.write("] {
+            assert!(
+                !code.contains(word),
+                "{path} names `{word}`: executors report outcomes, the scheduler records jobs"
+            );
+        }
+    }
+}

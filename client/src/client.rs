@@ -116,6 +116,18 @@ impl EmberClient {
         )))
     }
 
+    /// Connects to the cluster `address` names (its schedulers, or etcd); `None` when it
+    /// names neither.
+    pub async fn connect_to(address: &ember_core::options::ClusterAddress) -> Result<Option<Self>> {
+        Ok(match (&address.scheduler, &address.connection.etcd) {
+            (Some(urls), _) => Some(Self::connect(urls).await?),
+            (None, Some(etcd)) => {
+                Some(Self::connect_etcd(etcd, &address.connection.cluster_name).await?)
+            }
+            (None, None) => None,
+        })
+    }
+
     /// Connects to the cluster named `cluster` through etcd (`urls`: comma-separated
     /// `http://host:port`): the leading scheduler is found there, and again after a failover.
     pub async fn connect_etcd(urls: &str, cluster: &str) -> Result<Self> {

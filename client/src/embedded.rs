@@ -66,7 +66,13 @@ impl EmbeddedCluster {
         let mut handles = Vec::with_capacity(executors);
         for i in 0..executors {
             let config = ExecutorConfig {
-                scheduler_url: url.clone(),
+                cluster: ember_core::options::ClusterAddress {
+                    scheduler: Some(url.clone()),
+                    connection: ember_core::options::ClusterConnection {
+                        etcd: None,
+                        cluster_name: "default".into(),
+                    },
+                },
                 bind: "127.0.0.1:0".into(),
                 advertise_addr: None,
                 port_file: None,

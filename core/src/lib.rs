@@ -10,6 +10,7 @@ pub mod meta;
 pub mod metrics;
 pub mod net;
 pub mod object_stores;
+pub mod options;
 pub mod records;
 pub mod session;
 pub mod shuffle;

@@ -11,14 +11,10 @@ pub const DEFAULT_HTTP_BIND: &str = "127.0.0.1:9091";
 #[derive(Debug, Clone, Parser)]
 #[command(about = "Ember executor options")]
 pub struct ExecutorConfig {
-    /// Scheduler(s) to register with, as http://HOST:PORT; several, comma-separated, are tried
-    /// in turn (a standby forwards to the leader). Not needed with --etcd.
-    #[arg(
-        long = "scheduler",
-        env = "EMBER_SCHEDULER_URL",
-        default_value = "http://127.0.0.1:50050"
-    )]
-    pub scheduler_url: String,
+    /// The scheduler(s) to register with (default http://127.0.0.1:50050), or etcd, where the
+    /// executor registers under a lease and finds the leading scheduler.
+    #[command(flatten)]
+    pub cluster: ember_core::options::ClusterAddress,
 
     /// Address the executor's gRPC and Flight services listen on (port 0 picks a free port).
     #[arg(
@@ -75,15 +71,6 @@ pub struct ExecutorConfig {
     #[arg(long, env = "EMBER_SHUFFLE_COMPRESSION", value_enum, default_value_t = ShuffleCompression::None)]
     pub shuffle_compression: ShuffleCompression,
 
-    /// etcd endpoints (`http://host:port`, comma-separated): register there under a lease and
-    /// find the leading scheduler there, instead of through --scheduler.
-    #[arg(long, env = "EMBER_ETCD")]
-    pub etcd: Option<String>,
-
-    /// Name of the cluster: its keys live under `/ember/NAME` in etcd.
-    #[arg(long, env = "EMBER_CLUSTER_NAME", default_value = "default")]
-    pub cluster_name: String,
-
     /// Seconds without a lease renewal after which the scheduler declares this executor lost
     /// (with --etcd).
     #[arg(long, env = "EMBER_LEASE_TTL_SECS", default_value_t = 10)]
@@ -115,17 +102,28 @@ pub enum ShuffleCompression {
     Lz4,
 }
 
-/// The defaults (and `EMBER_*` variables) for an executor embedded in another program: as on
-/// the command line, but without the HTTP endpoint (several share the process).
+/// The built-in defaults for an executor embedded in another program (no `EMBER_*` variable is
+/// read): as on the command line, but without the HTTP endpoint (several share the process).
 impl Default for ExecutorConfig {
     fn default() -> Self {
-        let mut config = ExecutorConfig::parse_from(["executor"]);
+        let mut config: ExecutorConfig = ember_core::options::built_in_defaults();
         config.http_bind = "off".into();
         config
     }
 }
 
+/// The scheduler an executor registers with when neither --scheduler nor --etcd is given.
+pub const DEFAULT_SCHEDULER_URL: &str = "http://127.0.0.1:50050";
+
 impl ExecutorConfig {
+    /// The scheduler URLs to register with (without etcd).
+    pub fn scheduler_urls(&self) -> &str {
+        self.cluster
+            .scheduler
+            .as_deref()
+            .unwrap_or(DEFAULT_SCHEDULER_URL)
+    }
+
     /// The memory limit in bytes: `--memory-limit-mb`, or 70% of what the machine (or the
     /// cgroup) gives this process.
     pub fn effective_memory_limit(&self) -> usize {

@@ -6,6 +6,7 @@ pub mod runner;
 pub mod scheduler_link;
 pub mod server;
 pub mod service;
+pub mod workdir;
 
 pub use config::ExecutorConfig;
 pub use server::{ExecutorHandle, start};

@@ -27,6 +27,14 @@ use crate::scheduler_link::{
 };
 use crate::service::{ExecutorGrpc, ShuffleFlight};
 
+/// The executor's work directory, for as long as it runs: a temporary one (removed on drop)
+/// or its claimed folder under --work-dir (unlocked on drop).
+#[derive(Debug)]
+struct WorkDirGuard {
+    _temporary: Option<tempfile::TempDir>,
+    _claimed: Option<crate::workdir::WorkDir>,
+}
+
 /// A running executor.
 pub struct ExecutorHandle {
     pub executor_id: ExecutorId,
@@ -39,7 +47,7 @@ pub struct ExecutorHandle {
     draining: watch::Sender<bool>,
     drain_timeout: Duration,
     http: Option<ember_ops::OpsServer>,
-    _work_dir: Option<tempfile::TempDir>,
+    _work_dir: WorkDirGuard,
 }
 
 impl ExecutorHandle {
@@ -99,8 +107,8 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     let local_addr = listener.local_addr()?;
     let advertise =
         ember_core::net::advertised_address(config.advertise_addr.as_deref(), local_addr)?;
-    let keys = Keys::new(&config.cluster_name);
-    let meta: Option<Arc<dyn MetaStore>> = match &config.etcd {
+    let keys = Keys::new(&config.cluster.connection.cluster_name);
+    let meta: Option<Arc<dyn MetaStore>> = match &config.cluster.connection.etcd {
         Some(urls) => Some(Arc::new(EtcdStore::connect(urls).await?)),
         None => None,
     };
@@ -109,20 +117,34 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
             store: Arc::clone(meta),
             keys: keys.clone(),
         },
-        None => SchedulerLink::urls(&config.scheduler_url),
+        None => SchedulerLink::urls(config.scheduler_urls()),
     })?;
     let executor_id = config
         .executor_id
         .clone()
         .map(ExecutorId::from)
         .unwrap_or_else(ExecutorId::new_random);
+    // A folder of its own, kept (and locked) while it runs; leftovers of executors killed
+    // before they could clean up are removed here.
     let (work_dir, temp) = match &config.work_dir {
-        Some(dir) => (dir.join(executor_id.as_str()), None),
+        Some(root) => {
+            let claimed = crate::workdir::claim(root, &executor_id)?;
+            let guard = WorkDirGuard {
+                _temporary: None,
+                _claimed: Some(claimed),
+            };
+            (guard._claimed.as_ref().expect("set").path.clone(), guard)
+        }
         None => {
             let temp = tempfile::Builder::new()
                 .prefix("ember-executor-")
                 .tempdir()?;
-            (temp.path().to_path_buf(), Some(temp))
+            let path = temp.path().to_path_buf();
+            let guard = WorkDirGuard {
+                _temporary: Some(temp),
+                _claimed: None,
+            };
+            (path, guard)
         }
     };
     let counters = Arc::new(ExecutorCounters::default());

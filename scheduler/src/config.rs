@@ -52,15 +52,9 @@ pub struct SchedulerConfig {
     #[arg(long, env = "EMBER_MAX_TASK_ATTEMPTS", default_value_t = 4)]
     pub max_task_attempts: u32,
 
-    /// etcd endpoints (`http://host:port`, comma-separated). With them, schedulers elect a
-    /// leader, jobs survive the leader's loss, and executors register there; without them the
-    /// scheduler keeps its state in memory and executors register with it directly.
-    #[arg(long, env = "EMBER_ETCD")]
-    pub etcd: Option<String>,
-
-    /// Name of the cluster: its keys live under `/ember/NAME` in etcd.
-    #[arg(long, env = "EMBER_CLUSTER_NAME", default_value = "default")]
-    pub cluster_name: String,
+    /// etcd and the cluster's name (without etcd, executors register with this scheduler).
+    #[command(flatten)]
+    pub cluster: ember_core::options::ClusterConnection,
 
     /// Where Arrow Flight SQL clients read results: `proxy` streams them through the
     /// scheduler's port (one published port serves clients outside the cluster); `direct`
@@ -87,12 +81,12 @@ pub struct SchedulerConfig {
     pub leader_ttl_secs: u64,
 }
 
-/// The defaults (and `EMBER_*` variables) for a scheduler embedded in another program: as on
-/// the command line, but without the HTTP endpoint (`ember standalone` sets its own), so that
-/// an embedded cluster never takes a `ember scheduler`'s port on the same host.
+/// The built-in defaults for a scheduler embedded in another program (no `EMBER_*` variable is
+/// read): as on the command line, but without the HTTP endpoint (`ember standalone` sets its
+/// own), so that an embedded cluster never takes a `ember scheduler`'s port on the same host.
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        let mut config = SchedulerConfig::parse_from(["scheduler"]);
+        let mut config: SchedulerConfig = ember_core::options::built_in_defaults();
         config.http_bind = "off".into();
         config
     }

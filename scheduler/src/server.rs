@@ -62,7 +62,7 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
     }
     let address =
         ember_core::net::advertised_address(config.advertise_addr.as_deref(), local_addr)?;
-    let store: Arc<dyn MetaStore> = match &config.etcd {
+    let store: Arc<dyn MetaStore> = match &config.cluster.etcd {
         Some(urls) => Arc::new(EtcdStore::connect(urls).await?),
         None => Arc::new(MemoryStore::new()),
     };

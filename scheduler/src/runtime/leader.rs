@@ -109,7 +109,7 @@ async fn lead(sched: &Arc<Scheduler>, lease: LeaseId, fence: i64, ttl: i64) {
     let ttl = Duration::from_secs(ttl as u64);
     let mut last_ok = Instant::now();
     // Take over: retried until done, as long as the lease lives.
-    let with_etcd = sched.config.etcd.is_some();
+    let with_etcd = sched.config.cluster.etcd.is_some();
     loop {
         let executors = if with_etcd {
             match read_executors(sched).await {

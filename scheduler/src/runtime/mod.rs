@@ -119,7 +119,7 @@ impl Scheduler {
             Arc::new(PlanEncoder),
         );
         Arc::new_cyclic(|me| Scheduler {
-            keys: Keys::new(&config.cluster_name),
+            keys: Keys::new(&config.cluster.cluster_name),
             id: uuid::Uuid::new_v4().simple().to_string(),
             config,
             store,

@@ -1,6 +1,8 @@
 //! Statements: a query or update runs as one job; `GetFlightInfo` submits it, `DoGet` streams
 //! its result through the scheduler (or the client reads it from the executors directly).
 
+use ember_core::error::ErrorKind;
+
 use super::*;
 
 impl FlightSqlGrpc {
@@ -15,10 +17,15 @@ impl FlightSqlGrpc {
             match status.state {
                 JobState::Succeeded => return Ok(status),
                 JobState::Failed => {
-                    return Err(Status::aborted(format!(
-                        "query failed: {}",
-                        status.error.unwrap_or_else(|| "unknown error".into())
-                    )));
+                    // The job's failure kind picks the status code (user error, resources
+                    // exhausted, unavailable, internal), as for every other error.
+                    return Err(err(EmberError::TaskFailed {
+                        message: format!(
+                            "query failed: {}",
+                            status.error.unwrap_or_else(|| "unknown error".into())
+                        ),
+                        kind: status.error_kind.unwrap_or(ErrorKind::Internal),
+                    }));
                 }
                 JobState::Cancelled => return Err(Status::cancelled("the query was cancelled")),
                 JobState::Queued | JobState::Running => {}
