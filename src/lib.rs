@@ -137,6 +137,15 @@ fn init_logging(filter: &str, format: cli::LogFormat) {
     };
 }
 
+/// Parses the command line, after the config file (if any) filled in what flags and
+/// environment leave unset.
+pub fn parse_command_line() -> std::result::Result<Cli, String> {
+    use clap::Parser;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    config_file::apply(&args).map_err(|e| format!("error: {e:#}"))?;
+    Ok(Cli::parse_from(args))
+}
+
 #[cfg(test)]
 mod tests {
     use ember_core::EmberError;
@@ -166,13 +175,4 @@ mod tests {
         }
         assert_eq!(exit_code(&anyhow::anyhow!("bad flag")), 1);
     }
-}
-
-/// Parses the command line, after the config file (if any) filled in what flags and
-/// environment leave unset.
-pub fn parse_command_line() -> std::result::Result<Cli, String> {
-    use clap::Parser;
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    config_file::apply(&args).map_err(|e| format!("error: {e:#}"))?;
-    Ok(Cli::parse_from(args))
 }

@@ -174,10 +174,10 @@ pub fn spawn_guarded(command: &mut Command) -> ChildGuard {
 pub fn wait_for_port(path: &Path, child: &mut Child) -> u16 {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            if let Ok(port) = text.trim().parse() {
-                return port;
-            }
+        if let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(port) = text.trim().parse()
+        {
+            return port;
         }
         if let Ok(Some(status)) = child.try_wait() {
             panic!("process exited before listening: {status}");

@@ -37,12 +37,15 @@ const POLL: Duration = Duration::from_secs(10);
 /// leader TTL plus the new leader's recovery).
 const FAILOVER: Duration = Duration::from_secs(90);
 
+/// The schedulers a client knows, each by its URL with a client connected to it.
+type Schedulers = Arc<Mutex<Vec<(String, SchedulerServiceClient<Channel>)>>>;
+
 /// A connection to an Ember cluster through one or more of its schedulers. Calls that find
 /// no scheduler able to answer (it died, or an election is under way) try the next address
 /// and retry for a while, so a client waiting on a job keeps waiting through a failover.
 #[derive(Debug, Clone)]
 pub struct EmberClient {
-    schedulers: Arc<Mutex<Vec<(String, SchedulerServiceClient<Channel>)>>>,
+    schedulers: Schedulers,
     current: Arc<AtomicUsize>,
     /// With etcd, the leader is looked up there again whenever it stops answering.
     etcd: Option<(Arc<dyn MetaStore>, Keys)>,

@@ -128,7 +128,7 @@ impl FlightService for ShuffleFlight {
         let data = self.store.partition_stream(&ticket).map_err(err)?;
         let counters = Arc::clone(&self.counters);
         let stream = data.map(move |item| {
-            let data = item.map_err(|e| err(e))?;
+            let data = item.map_err(err)?;
             let n = (data.data_header.len() + data.data_body.len()) as u64;
             ExecutorCounters::add(&counters.bytes_served, n);
             Ok(data)

@@ -152,10 +152,10 @@ impl StageCutter {
 
     /// Rewrites a node (not its children) so that running it one partition per task is correct.
     fn prepare(&self, plan: Arc<dyn ExecutionPlan>) -> Result<Arc<dyn ExecutionPlan>> {
-        if let Some(rep) = plan.downcast_ref::<RepartitionExec>() {
-            if matches!(rep.partitioning(), Partitioning::RoundRobinBatch(_)) {
-                return self.prepare(Arc::clone(rep.input()));
-            }
+        if let Some(rep) = plan.downcast_ref::<RepartitionExec>()
+            && matches!(rep.partitioning(), Partitioning::RoundRobinBatch(_))
+        {
+            return self.prepare(Arc::clone(rep.input()));
         }
         if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
             // With one probe partition the join runs as one task: safe as it is.
@@ -176,16 +176,14 @@ impl StageCutter {
                 return restore_partitioning(&original, rewritten);
             }
         }
-        if let Some(join) = plan.downcast_ref::<NestedLoopJoinExec>() {
-            if !broadcast_safe(*join.join_type())
-                && join.right().output_partitioning().partition_count() > 1
-            {
-                let original = plan.output_partitioning().clone();
-                let right = single_partition(Arc::clone(join.right()));
-                let rewritten =
-                    with_children(Arc::clone(&plan), vec![Arc::clone(join.left()), right])?;
-                return restore_partitioning(&original, rewritten);
-            }
+        if let Some(join) = plan.downcast_ref::<NestedLoopJoinExec>()
+            && !broadcast_safe(*join.join_type())
+            && join.right().output_partitioning().partition_count() > 1
+        {
+            let original = plan.output_partitioning().clone();
+            let right = single_partition(Arc::clone(join.right()));
+            let rewritten = with_children(Arc::clone(&plan), vec![Arc::clone(join.left()), right])?;
+            return restore_partitioning(&original, rewritten);
         }
         Ok(plan)
     }
@@ -388,11 +386,11 @@ fn uses_subquery_results(
     let mut found = false;
     plan.apply_expressions(&mut |expr| {
         expr.apply(|e| {
-            if let Some(sq) = e.downcast_ref::<ScalarSubqueryExpr>() {
-                if ScalarSubqueryResults::ptr_eq(sq.results(), results) {
-                    found = true;
-                    return Ok(TreeNodeRecursion::Stop);
-                }
+            if let Some(sq) = e.downcast_ref::<ScalarSubqueryExpr>()
+                && ScalarSubqueryResults::ptr_eq(sq.results(), results)
+            {
+                found = true;
+                return Ok(TreeNodeRecursion::Stop);
             }
             Ok(TreeNodeRecursion::Continue)
         })
@@ -502,22 +500,22 @@ mod tests {
                 "{sql}: merge over a multi-partition child that is not a reader"
             );
         }
-        if let Some(join) = plan.downcast_ref::<HashJoinExec>() {
-            if *join.partition_mode() == PartitionMode::CollectLeft {
-                // Unsafe join types run as a single task (the probe side in one partition).
-                assert!(
-                    broadcast_safe(*join.join_type())
-                        || join.right().output_partitioning().partition_count() == 1,
-                    "{sql}: unsafe broadcast"
-                );
-                let left = join.left();
-                assert!(
-                    left.is::<ShuffleReaderExec>()
-                        || (left.is::<CoalescePartitionsExec>()
-                            && left.children()[0].is::<ShuffleReaderExec>()),
-                    "{sql}: build side not cut"
-                );
-            }
+        if let Some(join) = plan.downcast_ref::<HashJoinExec>()
+            && *join.partition_mode() == PartitionMode::CollectLeft
+        {
+            // Unsafe join types run as a single task (the probe side in one partition).
+            assert!(
+                broadcast_safe(*join.join_type())
+                    || join.right().output_partitioning().partition_count() == 1,
+                "{sql}: unsafe broadcast"
+            );
+            let left = join.left();
+            assert!(
+                left.is::<ShuffleReaderExec>()
+                    || (left.is::<CoalescePartitionsExec>()
+                        && left.children()[0].is::<ShuffleReaderExec>()),
+                "{sql}: build side not cut"
+            );
         }
         for child in plan.children() {
             check_node(sql, child);

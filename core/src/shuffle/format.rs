@@ -58,36 +58,6 @@ pub fn encode_schema(schema: &Schema) -> FlightData {
     SchemaAsIpc::new(schema, &IpcWriteOptions::default()).into()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn records_round_trip_and_truncation_is_an_error() {
-        let mut buf = Vec::new();
-        for (h, b) in [(vec![1u8, 2], vec![3u8; 10]), (vec![9u8; 5], vec![])] {
-            append_record(
-                &mut buf,
-                &EncodedData {
-                    ipc_message: h,
-                    arrow_data: b,
-                },
-            );
-        }
-        let all: Vec<_> = decode_records(Bytes::from(buf.clone()))
-            .collect::<Result<_>>()
-            .unwrap();
-        assert_eq!(all.len(), 2);
-        assert_eq!(&all[0].data_header[..], &[1, 2]);
-        assert_eq!(all[0].data_body.len(), 10);
-        assert_eq!(all[1].data_header.len(), 5);
-
-        buf.truncate(buf.len() - 1);
-        let last = decode_records(Bytes::from(buf)).last().unwrap();
-        assert!(last.is_err());
-    }
-}
-
 /// An Arrow schema as IPC flatbuffer bytes (the form Ember's messages carry).
 pub fn schema_to_bytes(schema: &Schema) -> Bytes {
     encode_schema(schema).data_header
@@ -119,4 +89,34 @@ pub fn batches_from_ipc_stream(
 ) -> Result<Vec<datafusion::arrow::record_batch::RecordBatch>> {
     let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)?;
     Ok(reader.collect::<std::result::Result<Vec<_>, _>>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_truncation_is_an_error() {
+        let mut buf = Vec::new();
+        for (h, b) in [(vec![1u8, 2], vec![3u8; 10]), (vec![9u8; 5], vec![])] {
+            append_record(
+                &mut buf,
+                &EncodedData {
+                    ipc_message: h,
+                    arrow_data: b,
+                },
+            );
+        }
+        let all: Vec<_> = decode_records(Bytes::from(buf.clone()))
+            .collect::<Result<_>>()
+            .unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(&all[0].data_header[..], &[1, 2]);
+        assert_eq!(all[0].data_body.len(), 10);
+        assert_eq!(all[1].data_header.len(), 5);
+
+        buf.truncate(buf.len() - 1);
+        let last = decode_records(Bytes::from(buf)).last().unwrap();
+        assert!(last.is_err());
+    }
 }

@@ -366,7 +366,7 @@ impl Scheduler {
                 statement_rows: r.statement_rows,
             });
         }
-        out.sort_by(|a, b| b.submitted_unix_ms.cmp(&a.submitted_unix_ms));
+        out.sort_by_key(|s| std::cmp::Reverse(s.submitted_unix_ms));
         Ok(out)
     }
 

@@ -150,7 +150,7 @@ impl FlightSqlService for FlightSqlGrpc {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         metadata_info(query, &schema, request.into_inner())
     }
 
@@ -177,7 +177,7 @@ impl FlightSqlService for FlightSqlGrpc {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let schema = query.clone().into_builder().schema();
+        let schema = query.into_builder().schema();
         metadata_info(query, &schema, request.into_inner())
     }
 

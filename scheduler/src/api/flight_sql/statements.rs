@@ -227,10 +227,10 @@ impl CancelOnDrop {
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if let Some((scheduler, job_id)) = self.0.take() {
-            if let Ok(true) = scheduler.cancel(&job_id) {
-                tracing::info!(%job_id, "the client went away; query cancelled");
-            }
+        if let Some((scheduler, job_id)) = self.0.take()
+            && let Ok(true) = scheduler.cancel(&job_id)
+        {
+            tracing::info!(%job_id, "the client went away; query cancelled");
         }
     }
 }
