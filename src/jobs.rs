@@ -61,7 +61,8 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
             if let Ok(Some(status)) = client.scripts(Some(&id)).await.map(|mut s| s.pop()) {
                 eprint!("{}", describe(&status));
             }
-            bail!("job {id} did not succeed: {e}");
+            // The error keeps its kind: the exit code tells a user error from a retryable one.
+            return Err(anyhow::Error::from(e).context(format!("job {id} did not succeed")));
         }
     };
     eprint!("{}", describe(&status));
@@ -72,16 +73,17 @@ pub async fn jobs(args: JobsArgs) -> Result<()> {
     let client = connect(&args.remote).await?;
     match args.action {
         JobsAction::List => {
+            // Batch jobs, and ad-hoc queries named by their SQL.
             let scripts = client.scripts(None).await?;
             println!(
-                "{:<18} {:<24} {:<10} {:>10} {:>11} {:>9}",
+                "{:<32} {:<32} {:<10} {:>10} {:>11} {:>9}",
                 "ID", "NAME", "STATE", "STATEMENTS", "STAGES", "ELAPSED"
             );
             for s in scripts {
                 println!(
-                    "{:<18} {:<24} {:<10} {:>10} {:>11} {:>9}",
+                    "{:<32} {:<32} {:<10} {:>10} {:>11} {:>9}",
                     s.script_id,
-                    s.name,
+                    shorten(&s.name, 32),
                     state_name(s.state),
                     format!("{}/{}", s.statements_done, s.statements_total),
                     format!("{}/{}", s.stages_completed, s.stages_total),
@@ -97,7 +99,13 @@ pub async fn jobs(args: JobsArgs) -> Result<()> {
                 .with_context(|| format!("no job {id}"))?;
             print!("{}", describe(&status));
             if status.state == JobState::Failed {
-                bail!("job {id} failed");
+                let failure = ember_core::EmberError::TaskFailed {
+                    message: status.error.clone().unwrap_or_default(),
+                    kind: status
+                        .error_kind
+                        .unwrap_or(ember_core::error::ErrorKind::Internal),
+                };
+                return Err(anyhow::Error::from(failure).context(format!("job {id} failed")));
             }
         }
         JobsAction::Cancel { id } => {
@@ -135,6 +143,16 @@ pub fn show_stages(bar: &ProgressBar, done: u32, total: u32, message: String) {
 
 fn state_name(state: JobState) -> &'static str {
     state.name()
+}
+
+/// `text` cut to `width` characters, with an ellipsis when cut.
+fn shorten(text: &str, width: usize) -> String {
+    if text.chars().count() <= width {
+        return text.to_string();
+    }
+    let mut out: String = text.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
 }
 
 /// Milliseconds as seconds to the millisecond: short jobs do not all show as "0.0s".

@@ -5,9 +5,15 @@ use std::process::Command;
 use crate::support::{ProcessCluster, ember_bin, spawn_guarded, tpch_dir, wait_for_port};
 
 pub fn ember(args: &[&str]) -> (bool, String, String) {
+    let (code, stdout, stderr) = ember_exit(args);
+    (code == Some(0), stdout, stderr)
+}
+
+/// Runs `ember` with `args`: its exit code, stdout and stderr.
+pub fn ember_exit(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(ember_bin()).args(args).output().unwrap();
     (
-        out.status.success(),
+        out.status.code(),
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
@@ -243,18 +249,24 @@ async fn batch_jobs_are_submitted_followed_and_cancelled() {
         .collect();
     assert!(stages[0] == stages[1] && stages[1] >= 2, "{stdout}");
 
-    // A failing statement fails the job, names the statement, and stops the script.
-    let (ok, stdout, stderr) = run(args(&[
+    // A failing statement fails the job, names the statement, and stops the script; the exit
+    // code says it was the user's error (3), not one to retry.
+    let failing = args(&[
         "submit",
         "--scheduler",
         &url,
         "--wait",
         "-c",
         "SELECT count(*) FROM li; SELECT * FROM no_such_table; SELECT 1",
-    ]))
+    ]);
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || {
+        let failing: Vec<&str> = failing.iter().map(String::as_str).collect();
+        ember_exit(&failing)
+    })
     .await
     .unwrap();
-    assert!(!ok, "{stdout}");
+    assert_eq!(code, Some(3), "{stdout}{stderr}");
+    assert!(stderr.contains("(user)"), "{stderr}");
     assert!(stderr.contains("statement 2 failed"), "{stderr}");
     assert!(stderr.contains("no_such_table"), "{stderr}");
     assert!(stderr.contains("statements: 1/3 done"), "{stderr}");
@@ -276,12 +288,41 @@ async fn batch_jobs_are_submitted_followed_and_cancelled() {
         stdout.contains("forever") && stdout.contains("etl"),
         "{stdout}"
     );
+    // Ad-hoc queries are listed too, by their SQL; a script's statements are not listed apart.
+    let client = cluster.client().await;
+    let adhoc = client
+        .submit("SELECT count(*) AS adhoc_count FROM li")
+        .await
+        .unwrap();
+    client.wait(&adhoc, |_| {}).await.unwrap();
+    let (ok, stdout, _) = run(args(&["jobs", "--scheduler", &url, "list"]))
+        .await
+        .unwrap();
+    assert!(ok);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with(adhoc.as_str()))
+        .unwrap_or_else(|| panic!("the ad-hoc query is not listed:\n{stdout}"));
+    assert!(
+        line.contains("SELECT count(*) AS adhoc") && line.contains("succeeded"),
+        "{line}"
+    );
+    assert!(!stdout.contains("CREATE EXTERNAL TABLE"), "{stdout}");
+    let (ok, stdout, _) = run(args(&[
+        "jobs",
+        "--scheduler",
+        &url,
+        "status",
+        adhoc.as_str(),
+    ]))
+    .await
+    .unwrap();
+    assert!(ok && stdout.contains("statements: 1/1 done"), "{stdout}");
     let (ok, stdout, stderr) = run(args(&["jobs", "--scheduler", &url, "cancel", &long]))
         .await
         .unwrap();
     assert!(ok, "{stderr}");
     assert!(stdout.contains("cancelled"), "{stdout}");
-    let client = cluster.client().await;
     let status = client.scripts(Some(&long)).await.unwrap().pop().unwrap();
     assert_eq!(status.state, ember_core::job::JobState::Cancelled);
     assert_eq!(status.statements_done, 0);

@@ -48,6 +48,36 @@ pub struct JobRecord {
     pub write: Option<WriteSpec>,
     /// Relative share of task slots while jobs compete for them.
     pub weight: u32,
+    pub label: JobLabel,
+}
+
+/// Where a job came from, for listings: the batch job (script) it is a statement of, if any,
+/// and what it runs (its SQL, shortened).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobLabel {
+    pub script: Option<String>,
+    pub description: String,
+}
+
+impl JobLabel {
+    /// Longest description kept (records stay small).
+    pub const MAX_DESCRIPTION: usize = 1000;
+
+    pub fn new(script: Option<String>, description: &str) -> JobLabel {
+        let mut description = description.split_whitespace().collect::<Vec<_>>().join(" ");
+        if description.len() > Self::MAX_DESCRIPTION {
+            let mut end = Self::MAX_DESCRIPTION;
+            while !description.is_char_boundary(end) {
+                end -= 1;
+            }
+            description.truncate(end);
+            description.push('…');
+        }
+        JobLabel {
+            script,
+            description,
+        }
+    }
 }
 
 /// Where one finished map task's output lies.

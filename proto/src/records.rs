@@ -5,8 +5,8 @@ use bytes::Bytes;
 use ember_core::error::ErrorKind;
 use ember_core::job::PartitionStats;
 use ember_core::records::{
-    ExecutorRecord, JobRecord, LeaderRecord, ScriptRecord, StageOutput, StageRecord, TaskOutput,
-    WriteRecord, WriteSpec,
+    ExecutorRecord, JobLabel, JobRecord, LeaderRecord, ScriptRecord, StageOutput, StageRecord,
+    TaskOutput, WriteRecord, WriteSpec,
 };
 use ember_core::{EmberError, JobId, Result};
 use prost::Message;
@@ -85,6 +85,8 @@ pub fn encode_job(r: &JobRecord) -> Bytes {
         max_task_attempts: r.max_task_attempts,
         write: r.write.as_ref().map(Into::into),
         weight: r.weight,
+        script_id: r.label.script.clone().unwrap_or_default(),
+        description: r.label.description.clone(),
     }
     .encode_to_vec()
     .into()
@@ -119,6 +121,10 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobRecord> {
         max_task_attempts: r.max_task_attempts.max(1),
         write: r.write.map(Into::into),
         weight: r.weight.max(1),
+        label: JobLabel {
+            script: (!r.script_id.is_empty()).then_some(r.script_id),
+            description: r.description,
+        },
     })
 }
 
@@ -308,6 +314,7 @@ mod tests {
             max_task_attempts: 4,
             write: Some(spec.clone()),
             weight: 3,
+            label: JobLabel::new(Some("s1".into()), "SELECT  1"),
         };
         assert_eq!(decode_job(&encode_job(&job)).unwrap(), job);
         let out = StageOutput {

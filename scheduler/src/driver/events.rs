@@ -34,6 +34,7 @@ pub struct InlineResult {
     pub result: Bytes,
     pub elapsed_ms: u64,
     pub finished_ms: u64,
+    pub label: ember_core::records::JobLabel,
 }
 
 #[derive(Debug)]

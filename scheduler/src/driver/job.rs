@@ -11,7 +11,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_plan::ExecutionPlan;
 use ember_core::error::ErrorKind;
 use ember_core::job::{JobState, PartitionStats, StageStatus, TaskOutcome, TaskStatus};
-use ember_core::records::{JobRecord, StageOutput, StageRecord, TaskOutput, WriteSpec};
+use ember_core::records::{JobLabel, JobRecord, StageOutput, StageRecord, TaskOutput, WriteSpec};
 use ember_core::shuffle::PartitionLocation;
 use ember_core::{EmberError, ExecutorId, JobId, Result, StageId, TaskId};
 
@@ -103,6 +103,7 @@ pub struct JobOptions {
     pub weight: u32,
     /// Set for `COPY` / `INSERT`: what to commit once every stage is done.
     pub write: Option<WriteSpec>,
+    pub label: JobLabel,
 }
 
 impl Default for JobOptions {
@@ -112,6 +113,7 @@ impl Default for JobOptions {
             max_task_attempts: DEFAULT_MAX_TASK_ATTEMPTS,
             weight: 1,
             write: None,
+            label: JobLabel::default(),
         }
     }
 }
@@ -140,6 +142,7 @@ pub struct Job {
     pub settings: Vec<(String, String)>,
     pub max_task_attempts: u32,
     pub weight: u32,
+    pub label: JobLabel,
     /// Added to attempt numbers, so that attempts launched by different scheduler terms differ.
     pub attempt_base: u32,
     /// Running tasks the job gave up on; the driver cancels them on their executors.
@@ -185,6 +188,7 @@ impl Job {
             settings: options.settings,
             max_task_attempts: options.max_task_attempts.max(1),
             weight: options.weight.max(1),
+            label: options.label,
             attempt_base: 0,
             cancels: Vec::new(),
             write: options.write,
@@ -218,6 +222,7 @@ impl Job {
             max_task_attempts: self.max_task_attempts,
             write: self.write.clone(),
             weight: self.weight,
+            label: self.label.clone(),
         }
     }
 
@@ -287,6 +292,7 @@ impl Job {
             max_task_attempts: record.max_task_attempts,
             weight: record.weight,
             write: record.write.clone(),
+            label: record.label.clone(),
         };
         let mut job = Job::new(
             record.job_id.clone(),

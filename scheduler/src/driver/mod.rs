@@ -29,7 +29,7 @@ use ember_core::job::{
     ExecutorInfo, ExecutorSpec, JobState, JobStatus, TaskDefinition, TaskOutcome, TaskStatus,
 };
 use ember_core::records::{Record, WriteRecord};
-use ember_core::{EmberError, ExecutorId, JobId, Result};
+use ember_core::{EmberError, ExecutorId, JobId, Result, TaskId};
 
 pub use events::{Effect, Event, InlineResult, JobEntry, StageEncoder, StoredJob};
 pub use job::{Job, JobEvent, JobOptions, StageState, TaskState};
@@ -311,11 +311,7 @@ impl Driver {
         let Some(JobEntry::Distributed(job)) = self.jobs.get_mut(job_id) else {
             return;
         };
-        let cancels = job.take_cancels();
-        for (executor, _) in &cancels {
-            self.cluster.release_slot(executor);
-        }
-        out.extend(Effect::cancels(cancels, &self.cluster));
+        stop_tasks(&mut self.cluster, job.take_cancels(), out);
         let completed = match event {
             JobEvent::StageCompleted(stage) => Some(stage),
             JobEvent::Succeeded => Some(job.final_stage),
@@ -368,11 +364,7 @@ impl Driver {
         let Some(JobEntry::Distributed(job)) = self.jobs.get_mut(job_id) else {
             return;
         };
-        let running = job.stop_running();
-        for (executor, _) in &running {
-            self.cluster.release_slot(executor);
-        }
-        out.extend(Effect::cancels(running, &self.cluster));
+        stop_tasks(&mut self.cluster, job.stop_running(), out);
         match (&job.write, job.state) {
             (Some(spec), JobState::Succeeded) if !job.committed => {
                 if !self.committing.insert(job_id.clone()) {
@@ -434,11 +426,7 @@ impl Driver {
     fn commit_started(&mut self, job_id: &JobId, out: &mut Out) {
         self.active.retain(|j| j != job_id);
         if let Some(JobEntry::Distributed(job)) = self.jobs.get_mut(job_id) {
-            let running = job.commit_started();
-            for (executor, _) in &running {
-                self.cluster.release_slot(executor);
-            }
-            out.extend(Effect::cancels(running, &self.cluster));
+            stop_tasks(&mut self.cluster, job.commit_started(), out);
         }
     }
 
@@ -684,6 +672,14 @@ impl Driver {
                 .map(|(executor, tasks)| Effect::Launch { executor, tasks }),
         );
     }
+}
+
+/// Tasks the driver gave up on: their slots are free, and their executors are told to stop them.
+fn stop_tasks(cluster: &mut Cluster, tasks: Vec<(ExecutorId, TaskId)>, out: &mut Out) {
+    for (executor, _) in &tasks {
+        cluster.release_slot(executor);
+    }
+    out.extend(Effect::cancels(tasks, cluster));
 }
 
 /// Added to attempt numbers, so that attempts launched by different leadership terms differ.

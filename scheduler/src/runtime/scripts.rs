@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use super::unix_ms;
 use super::{Query, Scheduler};
+use crate::driver::JobEntry;
 
 /// The scripts this scheduler runs (as leader), by id.
 #[derive(Debug, Default)]
@@ -149,12 +150,7 @@ impl Scheduler {
             }
             let next = record.statements_done as usize;
             if next >= record.statements.len() {
-                self.update_script(&id, |r| {
-                    r.state = JobState::Succeeded;
-                    r.finished_unix_ms = unix_ms();
-                });
-                self.save_script(fence, &id).await;
-                info!(script_id = %id, "script succeeded");
+                self.end_script(fence, &id, JobState::Succeeded).await;
                 return;
             }
             let job_id = match self.statement_job(fence, &id, &record).await {
@@ -199,12 +195,7 @@ impl Scheduler {
                     }
                 }
                 JobState::Cancelled => {
-                    self.update_script(&id, |r| {
-                        r.state = JobState::Cancelled;
-                        r.finished_unix_ms = unix_ms();
-                    });
-                    self.save_script(fence, &id).await;
-                    info!(script_id = %id, "script cancelled");
+                    self.end_script(fence, &id, JobState::Cancelled).await;
                     return;
                 }
                 _ => {
@@ -247,7 +238,10 @@ impl Scheduler {
         }
         let sql = record.statements[record.statements_done as usize].clone();
         let settings = record.settings.clone();
-        let job_id = self.submit_as(job_id, Query::Sql(sql), settings).await?;
+        let script = Some(id.to_string());
+        let job_id = self
+            .submit_as(job_id, Query::Sql(sql), settings, script)
+            .await?;
         // A cancel that came while the statement was being planned found no job to cancel.
         let mut cancelled = false;
         self.update_script(id, |r| cancelled = terminal(r.state));
@@ -255,6 +249,19 @@ impl Scheduler {
             let _ = self.cancel(&job_id);
         }
         Ok(Some(job_id))
+    }
+
+    /// Records that a script ended (succeeded, or cancelled while a statement ran).
+    async fn end_script(&self, fence: i64, id: &str, state: JobState) {
+        self.update_script(id, |r| {
+            r.state = state;
+            r.finished_unix_ms = unix_ms();
+            if state == JobState::Cancelled {
+                r.error_kind = Some(ErrorKind::Cancelled);
+            }
+        });
+        self.save_script(fence, id).await;
+        info!(script_id = %id, state = state.name(), "script ended");
     }
 
     async fn fail_script(
@@ -306,23 +313,27 @@ impl Scheduler {
     }
 
     /// Scripts this leader knows (all of them, or the one with `id`), newest first.
+    /// Ad-hoc queries (not statements of a script) are listed beside them, as one-statement
+    /// jobs named by their SQL.
     pub async fn scripts(&self, id: Option<&str>) -> Result<Vec<ScriptStatus>> {
-        let records: Vec<ScriptRecord> = {
-            let records = self.scripts.records.lock();
-            match id {
-                Some(id) => {
-                    vec![
-                        records
-                            .get(id)
-                            .cloned()
-                            .ok_or_else(|| EmberError::JobNotFound {
-                                job_id: id.to_string(),
-                            })?,
-                    ]
+        let records: Vec<ScriptRecord> =
+            {
+                let records = self.scripts.records.lock();
+                match id {
+                    Some(id) => match records.get(id) {
+                        Some(record) => vec![record.clone()],
+                        None => {
+                            drop(records);
+                            return self.adhoc_jobs(Some(id)).pop().map(|j| vec![j]).ok_or_else(
+                                || EmberError::JobNotFound {
+                                    job_id: id.to_string(),
+                                },
+                            );
+                        }
+                    },
+                    None => records.values().cloned().collect(),
                 }
-                None => records.values().cloned().collect(),
-            }
-        };
+            };
         let now = unix_ms();
         let mut out = Vec::with_capacity(records.len());
         for r in records {
@@ -366,8 +377,55 @@ impl Scheduler {
                 statement_rows: r.statement_rows,
             });
         }
+        if id.is_none() {
+            out.extend(self.adhoc_jobs(None));
+        }
         out.sort_by_key(|s| std::cmp::Reverse(s.submitted_unix_ms));
         Ok(out)
+    }
+
+    /// The jobs this leader knows that no script submitted (all, or the one with `id`).
+    fn adhoc_jobs(&self, id: Option<&str>) -> Vec<ScriptStatus> {
+        let now = unix_ms();
+        self.read(|d| {
+            d.jobs()
+                .filter(|(job, _)| id.is_none_or(|id| job.as_str() == id))
+                .filter_map(|(job, entry)| {
+                    let (label, submitted) = match entry {
+                        JobEntry::Distributed(j) => (&j.label, j.submitted_ms),
+                        JobEntry::Inline(r) => {
+                            (&r.label, r.finished_ms.saturating_sub(r.elapsed_ms))
+                        }
+                    };
+                    if label.script.is_some() {
+                        return None;
+                    }
+                    let status = d.status(job, now).ok()?;
+                    let done = status.state == JobState::Succeeded;
+                    Some(ScriptStatus {
+                        script_id: job.to_string(),
+                        name: label.description.clone(),
+                        state: status.state,
+                        statements_total: 1,
+                        statements_done: u32::from(done),
+                        current_job_id: job.to_string(),
+                        stages_total: status.stages_total,
+                        stages_completed: status.stages_completed,
+                        tasks_total: status.tasks_total,
+                        tasks_completed: status.tasks_completed,
+                        elapsed_ms: status.elapsed_ms,
+                        error: status.error.clone(),
+                        error_kind: status.error_kind,
+                        submitted_unix_ms: submitted,
+                        statement_rows: if done {
+                            vec![statement_rows(&status)]
+                        } else {
+                            Vec::new()
+                        },
+                    })
+                })
+                .collect()
+        })
     }
 
     /// The recorded scripts (read before this scheduler takes requests).

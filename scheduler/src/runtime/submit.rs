@@ -14,7 +14,7 @@ use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::prelude::SessionContext;
 use ember_core::meta::put_chunked;
 use ember_core::metrics::{file_rows_scanned, reads_files};
-use ember_core::records::{Record, WriteSpec};
+use ember_core::records::{JobLabel, Record, WriteSpec};
 use ember_core::shuffle::{batches_to_ipc_stream, schema_to_bytes};
 use ember_core::{EmberError, JobId, Result};
 use tracing::info;
@@ -37,6 +37,16 @@ pub enum Query {
     LogicalPlan(Bytes),
 }
 
+impl Query {
+    /// What it runs, for listings.
+    fn describe(&self) -> String {
+        match self {
+            Query::Sql(sql) | Query::Prepared { sql, .. } => sql.clone(),
+            Query::LogicalPlan(_) => "(a DataFrame plan)".to_string(),
+        }
+    }
+}
+
 impl Scheduler {
     // ---- clients -------------------------------------------------------------------------
 
@@ -46,7 +56,8 @@ impl Scheduler {
         query: Query,
         settings: Vec<(String, String)>,
     ) -> Result<JobId> {
-        self.submit_as(JobId::new_random(), query, settings).await
+        self.submit_as(JobId::new_random(), query, settings, None)
+            .await
     }
 
     /// Like [`submit`](Self::submit), under an id chosen (and recorded) beforehand.
@@ -55,8 +66,10 @@ impl Scheduler {
         job_id: JobId,
         query: Query,
         settings: Vec<(String, String)>,
+        script: Option<String>,
     ) -> Result<JobId> {
         let start = Instant::now();
+        let label = JobLabel::new(script, &query.describe());
         let partitions = self.shuffle_partitions();
         let (weight, settings) = job_weight(settings)?;
         let mut state = self.ctx.state();
@@ -91,7 +104,7 @@ impl Scheduler {
         };
         let Some(plan) = plan else {
             // DDL, run and recorded.
-            self.finish_inline(job_id.clone(), &Schema::empty(), &[], start)?;
+            self.finish_inline(job_id.clone(), &Schema::empty(), &[], start, label)?;
             return Ok(job_id);
         };
         let df = ctx.execute_logical_plan(plan).await?;
@@ -110,7 +123,8 @@ impl Scheduler {
             };
             let graph = plan_stages(job_id.as_str(), Arc::clone(&inner))?;
             let batch = explain_batch(&explain.plan, &inner, &graph)?;
-            self.finish_inline(job_id.clone(), batch.schema().as_ref(), &[batch], start)?;
+            let schema = batch.schema();
+            self.finish_inline(job_id.clone(), &schema, &[batch], start, label)?;
             return Ok(job_id);
         }
         let physical = df.create_physical_plan().await?;
@@ -122,7 +136,8 @@ impl Scheduler {
         if write.is_none() && !reads_files(&physical) {
             let batches = collect(Arc::clone(&physical), ctx.task_ctx()).await?;
             self.add_rows_scanned(file_rows_scanned(&physical));
-            self.finish_inline(job_id.clone(), physical.schema().as_ref(), &batches, start)?;
+            let schema = physical.schema();
+            self.finish_inline(job_id.clone(), &schema, &batches, start, label)?;
             return Ok(job_id);
         }
         let graph = plan_stages(job_id.as_str(), physical)?;
@@ -146,6 +161,7 @@ impl Scheduler {
             settings: task_settings(&ctx, settings),
             max_task_attempts: self.config.max_task_attempts,
             weight,
+            label,
             write: write.zip(write_stage).map(|(w, stage)| WriteSpec {
                 target: w.target,
                 staging_root: w.staging_root,
@@ -288,12 +304,14 @@ impl Scheduler {
         schema: &Schema,
         batches: &[RecordBatch],
         start: Instant,
+        label: JobLabel,
     ) -> Result<()> {
         let result = InlineResult {
             schema: schema_to_bytes(schema),
             result: batches_to_ipc_stream(schema, batches)?,
             elapsed_ms: start.elapsed().as_millis() as u64,
             finished_ms: unix_ms(),
+            label,
         };
         self.dispatch(Event::InlineFinished {
             job: job_id,
