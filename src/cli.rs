@@ -88,6 +88,11 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub name: Option<String>,
 
+    /// The job's share of task slots while other jobs run (fair sharing): a job of weight 2
+    /// gets twice the slots of one of weight 1.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub weight: u32,
+
     /// Wait for the job to finish (a progress bar on a terminal); exit non-zero if it fails.
     #[arg(long)]
     pub wait: bool,

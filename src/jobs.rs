@@ -32,7 +32,12 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
     }
     let client = connect(&args.remote).await?;
     let name = args.name.clone().unwrap_or_default();
-    let id = client.submit_script(&name, statements, &[]).await?;
+    let weight = args.weight.to_string();
+    let settings = [(
+        ember_scheduler::runtime::JOB_WEIGHT_SETTING,
+        weight.as_str(),
+    )];
+    let id = client.submit_script(&name, statements, &settings).await?;
     println!("{id}");
     if !args.wait {
         return Ok(());

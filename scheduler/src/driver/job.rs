@@ -143,6 +143,8 @@ pub struct Job {
     pub max_task_attempts: u32,
     pub weight: u32,
     pub label: JobLabel,
+    /// When it last got a slot, in the cluster's count of launches (fair-sharing ties).
+    pub last_launch: u64,
     /// Added to attempt numbers, so that attempts launched by different scheduler terms differ.
     pub attempt_base: u32,
     /// Running tasks the job gave up on; the driver cancels them on their executors.
@@ -189,6 +191,7 @@ impl Job {
             max_task_attempts: options.max_task_attempts.max(1),
             weight: options.weight.max(1),
             label: options.label,
+            last_launch: 0,
             attempt_base: 0,
             cancels: Vec::new(),
             write: options.write,

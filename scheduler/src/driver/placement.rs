@@ -27,6 +27,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct Cluster {
     executors: BTreeMap<ExecutorId, Entry>,
+    /// Tasks placed so far: orders jobs by when they last got a slot.
+    launches: u64,
 }
 
 impl Cluster {
@@ -232,14 +234,17 @@ struct Claim {
     pending: VecDeque<PendingTask>,
     running: u64,
     weight: u64,
+    /// When it last got a slot (the cluster's launch count then; 0: never).
+    last_launch: u64,
 }
 
 /// Places pending tasks of `jobs` (in submission order) on free slots of `cluster`.
 ///
 /// FIFO walks the jobs in order and gives each every slot it can use. Fair sharing gives each
 /// free slot to the job furthest below its share — the fewest running tasks per unit of
-/// weight, the older job on a tie — so a job submitted behind a long one starts as soon as
-/// slots free up, and jobs of equal weight converge on equal numbers of slots.
+/// weight; on a tie, the job that waited longest since it last got a slot, then the older one —
+/// so a job submitted behind a long one starts as soon as a slot frees up (even a cluster of
+/// one slot alternates between them), and jobs of equal weight converge on equal shares.
 pub fn assign(
     policy: SchedulingPolicy,
     cluster: &mut Cluster,
@@ -254,6 +259,7 @@ pub fn assign(
             pending: job.pending_tasks().into(),
             running: job.running_count() as u64,
             weight: job.weight.max(1) as u64,
+            last_launch: job.last_launch,
         })
         .filter(|c| !c.pending.is_empty())
         .collect();
@@ -268,6 +274,7 @@ pub fn assign(
                     .min_by(|a, b| {
                         (a.running * b.weight)
                             .cmp(&(b.running * a.weight))
+                            .then(a.last_launch.cmp(&b.last_launch))
                             .then(a.index.cmp(&b.index))
                     }),
             };
@@ -278,7 +285,10 @@ pub fn assign(
             continue;
         };
         claim.running += 1;
+        cluster.launches += 1;
+        claim.last_launch = cluster.launches;
         let job = &mut jobs[claim.index];
+        job.last_launch = cluster.launches;
         let task_id = job.task_launched(task.stage, task.partition, &executor.id);
         let plan = job.stages[&task.stage]
             .launch_plan

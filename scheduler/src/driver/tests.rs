@@ -604,6 +604,21 @@ fn fair_sharing_gives_a_new_job_the_next_free_slots_and_fifo_does_not() {
 }
 
 #[test]
+fn on_one_slot_fair_sharing_alternates_between_jobs() {
+    let mut h = Harness::new(SchedulingPolicy::Fair);
+    h.join("e1", 1);
+    let mut fx = h.submit("long", &[(1, 10, &[])]);
+    h.submit("short", &[(1, 2, &[])]);
+    let mut order = Vec::new();
+    while let Some((task, executor)) = launched(&fx).pop() {
+        order.push(task.job_id.to_string());
+        fx = h.report(vec![succeeded(&task, &executor)]);
+    }
+    assert_eq!(order[..5], ["long", "short", "long", "short", "long"]);
+    assert_eq!(order.len(), 12);
+}
+
+#[test]
 fn weighted_jobs_share_an_idle_cluster_in_proportion() {
     let mut h = Harness::new(SchedulingPolicy::Fair);
     // Both jobs are known before any executor offers slots.

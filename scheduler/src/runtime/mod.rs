@@ -38,7 +38,7 @@ use crate::driver::{Driver, DriverConfig, Effect, Event, JobEntry, StageEncoder}
 use crate::planner::resolve_readers;
 use executors::ExecutorClients;
 
-pub use submit::Query;
+pub use submit::{JOB_WEIGHT_SETTING, Query};
 
 /// What this scheduler is doing in its cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
