@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use ember_client::EmberClient;
 use ember_core::meta::{EtcdStore, Keys, MetaStore};
-use prost::Message;
 
 use crate::support::{ChildGuard, ember_bin, spawn_guarded, wait_for_port};
 
@@ -296,6 +295,23 @@ impl EtcdCluster {
         }
     }
 
+    /// Index in `schedulers` of the one etcd names leader, once it is not `old` (waiting for
+    /// an election).
+    pub async fn leader_other_than(&self, old: usize) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = self.leader().await;
+            if now != old {
+                return now;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "scheduler {old} still leads after 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Index in `schedulers` of the one etcd names leader (waiting for an election).
     pub async fn leader(&self) -> usize {
         let store = self.etcd.store().await;
@@ -303,7 +319,7 @@ impl EtcdCluster {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(kv) = store.get(&key).await.unwrap() {
-                let record = ember_proto::pb::LeaderRecord::decode(&kv.value[..]).unwrap();
+                let record = ember_proto::records::decode_leader(&kv.value).unwrap();
                 let port: u16 = record.address.rsplit(':').next().unwrap().parse().unwrap();
                 if let Some(i) = self.schedulers.iter().position(|s| s.port == port) {
                     return i;

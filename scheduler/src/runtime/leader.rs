@@ -108,6 +108,7 @@ async fn lead(sched: &Arc<Scheduler>, lease: LeaseId, fence: i64, ttl: i64) {
     let token = sched.shutdown_token();
     let ttl = Duration::from_secs(ttl as u64);
     let mut last_ok = Instant::now();
+    sched.lease_renewed(last_ok + ttl);
     // Take over: retried until done, as long as the lease lives.
     let with_etcd = sched.config.cluster.etcd.is_some();
     loop {
@@ -138,7 +139,10 @@ async fn lead(sched: &Arc<Scheduler>, lease: LeaseId, fence: i64, ttl: i64) {
             _ = tokio::time::sleep(RETRY) => {}
         }
         match sched.store.keep_alive(lease).await {
-            Ok(t) if t > 0 => last_ok = Instant::now(),
+            Ok(t) if t > 0 => {
+                last_ok = Instant::now();
+                sched.lease_renewed(last_ok + ttl);
+            }
             Ok(_) => return,
             Err(_) if last_ok.elapsed() > ttl => return,
             Err(_) => {}
@@ -153,7 +157,10 @@ async fn lead(sched: &Arc<Scheduler>, lease: LeaseId, fence: i64, ttl: i64) {
             return;
         }
         match sched.store.keep_alive(lease).await {
-            Ok(t) if t > 0 => last_ok = Instant::now(),
+            Ok(t) if t > 0 => {
+                last_ok = Instant::now();
+                sched.lease_renewed(last_ok + ttl);
+            }
             Ok(_) => {
                 warn!("the leader lease expired");
                 return;
@@ -338,6 +345,7 @@ impl Scheduler {
             warn!("stepping down as leader");
         }
         self.set_role(Role::Starting);
+        *self.lease_deadline.lock() = None;
         self.dispatch(Event::LeadershipLost { fence });
     }
 }

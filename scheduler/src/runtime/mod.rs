@@ -86,6 +86,9 @@ pub struct Scheduler {
     tasks: TaskTracker,
     shutdown: CancellationToken,
     rows_scanned: AtomicU64,
+    /// Until when this scheduler's leader lease surely holds (its last renewal plus the TTL):
+    /// past it, another scheduler may lead, so this one decides nothing more.
+    lease_deadline: Mutex<Option<std::time::Instant>>,
     pub(crate) scripts: scripts::Scripts,
     me: Weak<Scheduler>,
 }
@@ -132,6 +135,7 @@ impl Scheduler {
             tasks: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             rows_scanned: AtomicU64::new(0),
+            lease_deadline: Mutex::new(None),
             scripts: Default::default(),
             me: me.clone(),
         })
@@ -218,13 +222,35 @@ impl Scheduler {
 
     /// Hands an event to the driver and performs what it decided.
     pub(crate) fn dispatch(&self, event: Event) {
+        self.check_lease();
         let effects = self.driver.lock().handle(event, unix_ms());
         self.apply(effects);
+    }
+
+    /// The leader lease was renewed: it holds until `deadline`.
+    pub(crate) fn lease_renewed(&self, deadline: std::time::Instant) {
+        *self.lease_deadline.lock() = Some(deadline);
+    }
+
+    /// A leader whose lease may have run out (it was paused, or cut off from the store) steps
+    /// down before deciding anything: its writes would be refused by their fence anyway, and
+    /// it must launch no task another leader does not know of.
+    fn check_lease(&self) {
+        let Some(fence) = self.fence() else { return };
+        let expired = self
+            .lease_deadline
+            .lock()
+            .is_some_and(|d| std::time::Instant::now() >= d);
+        if expired {
+            warn!("the leader lease may have run out (was this process paused?)");
+            self.step_down(fence);
+        }
     }
 
     /// Like [`dispatch`](Self::dispatch), only while the driver still acts under `fence`
     /// (checked under the same lock); false when it does not.
     pub(crate) fn dispatch_under(&self, fence: i64, event: Event) -> bool {
+        self.check_lease();
         let mut driver = self.driver.lock();
         if driver.fence() != Some(fence) {
             return false;
