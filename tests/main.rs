@@ -16,6 +16,7 @@ mod k8s;
 mod memory;
 mod object_store;
 mod ops;
+mod plan_snapshots;
 mod planner_traps;
 mod tpch;
 mod writes;

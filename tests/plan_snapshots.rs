@@ -1,0 +1,75 @@
+//! The stage plans of the 22 TPC-H queries, kept as approved snapshots
+//! (`tests/snapshots/tpch/qNN.txt`): a change to planning or stage cutting shows in review as a
+//! change of these files. After a deliberate change, approve the new plans with
+//! `EMBER_BLESS=1 cargo nextest run -E 'test(stage_plans)'` and commit them.
+
+use std::path::{Path, PathBuf};
+
+use ember_client::{EmbeddedCluster, EmberClient};
+
+use crate::support::{register_tpch, rows, tpch_dir};
+
+fn snapshot_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/tpch")
+}
+
+/// The distributed plan EXPLAIN shows, with the data folder's path made neutral.
+async fn stage_plan(client: &EmberClient, q: usize) -> String {
+    let sql = format!("EXPLAIN {}", ember::tpch::query(q).unwrap());
+    // A fixed partition count: the plan must not depend on the machine's cores.
+    let settings = [("datafusion.execution.target_partitions", "4")];
+    let job = client.submit_with_settings(&sql, &settings).await.unwrap();
+    let status = client.wait(&job, |_| {}).await.unwrap();
+    let result = client.collect(status).await.unwrap();
+    let plan = rows(&result.batches)
+        .into_iter()
+        .find(|r| r[0] == "distributed_plan")
+        .expect("EXPLAIN shows the distributed plan")[1]
+        .clone();
+    let data = tpch_dir().display().to_string();
+    let plan = plan.replace(data.trim_start_matches('/'), "DATA");
+    plan.lines()
+        .map(str::trim_end)
+        .collect::<Vec<_>>()
+        .join("\n")
+        + "\n"
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tpch_stage_plans_match_their_approved_snapshots() {
+    let cluster = EmbeddedCluster::start(2, 2).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    register_tpch(&client).await;
+    let bless = std::env::var_os("EMBER_BLESS").is_some();
+    let mut changed = Vec::new();
+    for q in 1..=22 {
+        let plan = stage_plan(&client, q).await;
+        let path = snapshot_dir().join(format!("q{q:02}.txt"));
+        if bless {
+            std::fs::create_dir_all(snapshot_dir()).unwrap();
+            std::fs::write(&path, &plan).unwrap();
+            continue;
+        }
+        let approved = std::fs::read_to_string(&path).unwrap_or_default();
+        if approved != plan {
+            let line = approved
+                .lines()
+                .zip(plan.lines())
+                .position(|(a, b)| a != b)
+                .unwrap_or_else(|| approved.lines().count().min(plan.lines().count()));
+            changed.push(format!(
+                "q{q} ({}), first difference at line {}:\n  approved: {}\n  now:      {}",
+                path.display(),
+                line + 1,
+                approved.lines().nth(line).unwrap_or("(end)"),
+                plan.lines().nth(line).unwrap_or("(end)")
+            ));
+        }
+    }
+    cluster.shutdown().await;
+    assert!(
+        changed.is_empty(),
+        "stage plans changed (approve with EMBER_BLESS=1 if intended):\n{}",
+        changed.join("\n")
+    );
+}
