@@ -18,5 +18,6 @@ mod object_store;
 mod ops;
 mod plan_snapshots;
 mod planner_traps;
+mod slt;
 mod tpch;
 mod writes;
