@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use ember_client::EmberClient;
 use ember_core::meta::{EtcdStore, Keys, MetaStore};
 
-use crate::support::{ChildGuard, ember_bin, spawn_guarded, wait_for_port};
+use crate::support::{ChildGuard, ember_bin, eventually, spawn_guarded, wait_for_port};
 
 /// Short leases so the tests see losses within seconds.
 pub const TTL_SECS: &str = "2";
@@ -274,42 +274,41 @@ impl EtcdCluster {
     /// Waits until the leader lists exactly `n` executors.
     pub async fn wait_executors(&self, n: usize) -> Vec<String> {
         let client = self.client().await;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ids: Vec<String> = client
-                .executors()
-                .await
-                .unwrap()
-                .0
-                .iter()
-                .map(|e| e.spec.id.to_string())
-                .collect();
-            if ids.len() == n {
-                return ids;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "expected {n} executors, have {ids:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            "the leader lists the executors",
+            Duration::from_secs(30),
+            || async {
+                let ids: Vec<String> = client
+                    .executors()
+                    .await
+                    .unwrap()
+                    .0
+                    .iter()
+                    .map(|e| e.spec.id.to_string())
+                    .collect();
+                match ids.len() == n {
+                    true => Ok(ids),
+                    false => Err(format!("expected {n} executors, have {ids:?}")),
+                }
+            },
+        )
+        .await
     }
 
     /// Index in `schedulers` of the one etcd names leader, once it is not `old` (waiting for
     /// an election).
     pub async fn leader_other_than(&self, old: usize) -> usize {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let now = self.leader().await;
-            if now != old {
-                return now;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "scheduler {old} still leads after 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            "another scheduler leads",
+            Duration::from_secs(60),
+            || async {
+                match self.leader().await {
+                    now if now != old => Ok(now),
+                    _ => Err(format!("scheduler {old} still leads")),
+                }
+            },
+        )
+        .await
     }
 
     /// Index in `schedulers` of the one etcd names leader (waiting for an election).

@@ -13,7 +13,8 @@ use prost::Message;
 
 use crate::etcd_support::{Etcd, EtcdCluster};
 use crate::support::{
-    assert_same_rows, datafusion_reference_at, register_tpch_at, tpch_dir, tpch_dir_large,
+    assert_same_rows, datafusion_reference_at, eventually, register_tpch_at, tpch_dir,
+    tpch_dir_large,
 };
 
 #[tokio::test]
@@ -211,20 +212,23 @@ async fn a_leader_paused_past_its_lease_steps_down_when_it_resumes() {
     cluster.schedulers[first].signal("STOP");
     let now = cluster.leader_other_than(first).await;
     cluster.schedulers[first].signal("CONT");
-    let deadline = Instant::now() + Duration::from_secs(30);
     let log = cluster.log_path(&cluster.schedulers[first].id);
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if text.contains("stepping down as leader") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the resumed leader did not step down:\n{}",
-            cluster.schedulers[first].log_tail()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the resumed leader steps down",
+        Duration::from_secs(30),
+        || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let tail: String = text.lines().rev().take(5).collect::<Vec<_>>().join(" | ");
+            async move {
+                if text.contains("stepping down as leader") {
+                    Ok(())
+                } else {
+                    Err(tail)
+                }
+            }
+        },
+    )
+    .await;
     assert!(
         cluster.schedulers[first].alive(),
         "the resumed scheduler stays, as a standby"
@@ -294,19 +298,18 @@ async fn a_frozen_executor_is_declared_lost_its_work_redone_and_it_rejoins() {
     let frozen = &cluster.executors[0];
     frozen.signal("STOP");
     let stopped = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (executors, _) = client.executors().await.unwrap();
-        if !executors.iter().any(|e| e.spec.id.as_str() == frozen.id) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{} was not declared lost",
-            frozen.id
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the frozen executor is declared lost",
+        Duration::from_secs(30),
+        || async {
+            let (executors, _) = client.executors().await.unwrap();
+            match executors.iter().any(|e| e.spec.id.as_str() == frozen.id) {
+                false => Ok(()),
+                true => Err(format!("{} still listed", frozen.id)),
+            }
+        },
+    )
+    .await;
     frozen.signal("CONT");
     eprintln!(
         "measure: q{q} was running; frozen executor declared lost after {:?}",
@@ -455,24 +458,24 @@ async fn cancelling_a_job_stops_its_tasks_and_deletes_its_shuffle_data() {
     assert_eq!(status.state, JobState::Cancelled);
     let err = client.wait(&job, |_| {}).await.unwrap_err();
     assert!(matches!(err, ember_core::EmberError::Cancelled), "{err}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (executors, _) = client.executors().await.unwrap();
-        let running: u32 = executors.iter().map(|e| e.running_tasks).sum();
-        let held: usize = cluster
-            .executors()
-            .iter()
-            .map(|e| e.store.jobs_held())
-            .sum();
-        if running == 0 && held == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{running} tasks still run, {held} jobs' data kept"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the cancelled job's tasks and data are gone",
+        Duration::from_secs(30),
+        || async {
+            let (executors, _) = client.executors().await.unwrap();
+            let running: u32 = executors.iter().map(|e| e.running_tasks).sum();
+            let held: usize = cluster
+                .executors()
+                .iter()
+                .map(|e| e.store.jobs_held())
+                .sum();
+            match (running, held) {
+                (0, 0) => Ok(()),
+                _ => Err(format!("{running} tasks still run, {held} jobs' data kept")),
+            }
+        },
+    )
+    .await;
     // The cluster runs the next job normally.
     let again = client.sql("select count(*) from region").await.unwrap();
     assert_eq!(again.num_rows(), 1);

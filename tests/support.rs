@@ -300,3 +300,23 @@ impl ProcessCluster {
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     ember::http_get(port, path).unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))
 }
+
+/// Polls `check` until it gives a value (readiness is polled, never slept for), for at most
+/// `timeout`; past it the test fails naming `what` and the last state `check` reported.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        match check().await {
+            Ok(value) => return value,
+            Err(state) => assert!(
+                Instant::now() < deadline,
+                "{what}: not within {timeout:?} (last: {state})"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

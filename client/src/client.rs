@@ -13,6 +13,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::LogicalPlan;
 use ember_core::error::ErrorKind;
 use ember_core::job::{ExecutorInfo, JobState, JobStatus};
+use ember_core::retry::Backoff;
 use ember_core::shuffle::{
     FlightFetcher, PartitionLocation, batches_from_ipc_stream, flight_data_stream,
     schema_from_bytes,
@@ -190,7 +191,7 @@ impl EmberClient {
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = tokio::time::Instant::now() + FAILOVER;
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
         loop {
             let (i, url, client) = {
                 let schedulers = self.schedulers.lock();
@@ -200,7 +201,8 @@ impl EmberClient {
             match f(client).await {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) if retryable(&status, idempotent) => {
-                    if tokio::time::Instant::now() + delay > deadline {
+                    let pause = backoff.next_pause();
+                    if tokio::time::Instant::now() + pause > deadline {
                         return Err(EmberError::Unavailable(format!(
                             "no scheduler answered for {} s (last: {url}: {})",
                             FAILOVER.as_secs(),
@@ -208,9 +210,8 @@ impl EmberClient {
                         )));
                     }
                     tracing::debug!(%url, error = %status.message(), "scheduler unavailable; trying again");
-                    tokio::time::sleep(delay).await;
+                    tokio::time::sleep(pause).await;
                     self.next_scheduler(i).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
                 }
                 Err(status) => return Err(error_from_status(&status)),
             }

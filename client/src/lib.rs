@@ -12,10 +12,17 @@
 //! # Ok(()) }
 //! ```
 
+//!
+//! An embedded cluster (`EmbeddedCluster`, `EmberSession::embedded`) needs the `embedded`
+//! feature, which brings in the scheduler and executor crates; a client of a running cluster
+//! does without them.
+
 mod client;
+#[cfg(feature = "embedded")]
 mod embedded;
 mod session;
 
 pub use client::{EmberClient, QueryResult, ScriptStatus};
+#[cfg(feature = "embedded")]
 pub use embedded::EmbeddedCluster;
 pub use session::EmberSession;

@@ -31,7 +31,16 @@ use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use ember_core::{EmberError, Result};
 use futures::{StreamExt, TryStreamExt, stream};
 
-use crate::{EmbeddedCluster, EmberClient};
+use crate::EmberClient;
+
+/// The cluster a session started in this process (`embedded` feature).
+#[cfg(feature = "embedded")]
+type Embedded = crate::EmbeddedCluster;
+
+/// Without the `embedded` feature, no cluster runs in this process.
+#[cfg(not(feature = "embedded"))]
+#[derive(Debug)]
+enum Embedded {}
 
 /// A DataFusion session whose DataFrames run on an Ember cluster.
 ///
@@ -66,7 +75,7 @@ use crate::{EmbeddedCluster, EmberClient};
 pub struct EmberSession {
     ctx: SessionContext,
     client: EmberClient,
-    embedded: Option<EmbeddedCluster>,
+    embedded: Option<Embedded>,
 }
 
 impl fmt::Debug for EmberSession {
@@ -81,20 +90,25 @@ impl EmberSession {
     /// A session on the cluster whose scheduler is at `url` (several comma-separated are
     /// tried in turn).
     pub async fn connect(url: &str) -> Result<Self> {
-        Self::with_client(EmberClient::connect(url).await?, None)
+        Self::with_client(EmberClient::connect(url).await?)
     }
 
     /// A session on an embedded cluster of `executors` executors started in this process
     /// (stopped by [`close`](Self::close)).
+    #[cfg(feature = "embedded")]
     pub async fn embedded(executors: usize) -> Result<Self> {
-        let cluster = EmbeddedCluster::start(executors, 0).await?;
+        let cluster = crate::EmbeddedCluster::start(executors, 0).await?;
         let client = cluster.client().await?;
-        Self::with_client(client, Some(cluster))
+        Self::build(client, Some(cluster))
     }
 
     /// A session over an existing client. Object stores (`s3://`) are set up from this
     /// process's `EMBER_S3_*` / `AWS_*` environment; a malformed value is an error.
-    pub fn with_client(client: EmberClient, embedded: Option<EmbeddedCluster>) -> Result<Self> {
+    pub fn with_client(client: EmberClient) -> Result<Self> {
+        Self::build(client, None)
+    }
+
+    fn build(client: EmberClient, embedded: Option<Embedded>) -> Result<Self> {
         let stores = ember_core::object_stores::EmberObjectStores::new(
             ember_core::object_stores::ObjectStoreConfig::from_env()?,
         );
@@ -159,6 +173,7 @@ impl EmberSession {
 
     /// Stops the embedded cluster, if this session started one.
     pub async fn close(self) {
+        #[cfg(feature = "embedded")]
         if let Some(cluster) = self.embedded {
             cluster.shutdown().await;
         }

@@ -12,6 +12,7 @@ pub mod net;
 pub mod object_stores;
 pub mod options;
 pub mod records;
+pub mod retry;
 pub mod session;
 pub mod shuffle;
 pub mod write;

@@ -8,13 +8,14 @@
 //! when its lease ends — and it finds the leader through etcd. Either way task reports and
 //! metrics go to the leader over gRPC.
 
+use ember_core::retry::Backoff;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ember_core::job::{ExecutorSpec, TaskStatus};
-use ember_core::meta::{Keys, LeaseId, MetaStore};
+use ember_core::meta::{KeptLease, Keys, LeaseId, MetaStore, Renewal};
 use ember_core::metrics::ExecutorMetrics;
 use ember_core::{EmberError, Result};
 use ember_proto::error_from_status;
@@ -201,7 +202,7 @@ where
         registered: ready,
     } = member;
     let mut registered = false;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         let result = if registered {
             let drain = *draining.borrow();
@@ -222,7 +223,7 @@ where
                 }
                 registered = ok;
                 ready.store(ok, std::sync::atomic::Ordering::Relaxed);
-                backoff = Duration::from_millis(100);
+                backoff.reset();
             }
             Err(e) if e.is_user_error() => {
                 error!(executor = %spec.id, error = %e, "the scheduler refused this executor");
@@ -235,8 +236,11 @@ where
                 ready.store(false, std::sync::atomic::Ordering::Relaxed);
             }
         }
-        let pause = if registered { interval } else { backoff };
-        backoff = (backoff * 2).min(Duration::from_secs(2));
+        let pause = if registered {
+            interval
+        } else {
+            backoff.next_pause()
+        };
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = draining.changed() => {}
@@ -270,7 +274,7 @@ where
         registered: ready,
     } = member;
     let ttl = Duration::from_secs(ttl_secs.max(1));
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         let lease = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
@@ -285,21 +289,19 @@ where
             }
             Err(e) => {
                 warn!(executor = %spec.id, error = %e, "cannot register in etcd; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&shutdown).await {
+                    return Ok(());
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         ready.store(true, std::sync::atomic::Ordering::Relaxed);
         info!(executor = %spec.id, lease, "registered in etcd");
-        let mut last_renewed = Instant::now();
+        let mut kept = KeptLease::new(lease, ttl);
         let mut next_beat = Instant::now();
         loop {
-            let renew_in = (ttl / 3).saturating_sub(last_renewed.elapsed());
+            let renew_in = kept.due_in();
             tokio::select! {
                 _ = shutdown.cancelled() => {
                     let _ = store.revoke(lease).await;
@@ -321,12 +323,12 @@ where
                 let drain = *draining.borrow();
                 let _ = link.heartbeat(&spec, &metrics(), drain).await;
             }
-            if last_renewed.elapsed() < ttl / 3 {
+            if !kept.due_in().is_zero() {
                 continue;
             }
-            match store.keep_alive(lease).await {
-                Ok(t) if t > 0 => last_renewed = Instant::now(),
-                Ok(_) => {
+            match kept.renew(store.as_ref()).await {
+                Renewal::Renewed => {}
+                Renewal::Expired => {
                     warn!(executor = %spec.id, "the lease expired: this executor was declared lost; registering again");
                     ready.store(false, std::sync::atomic::Ordering::Relaxed);
                     // The leader rescheduled this executor's tasks: stop them before the new
@@ -335,9 +337,10 @@ where
                     forgotten();
                     break;
                 }
-                Err(e) => {
+                // While the store is away its leases are not counted down (etcd extends them
+                // when it comes back): keep the tasks running and keep trying.
+                Renewal::Failed(e) | Renewal::Lost(e) => {
                     warn!(executor = %spec.id, error = %e, "renewing the lease failed; retrying");
-                    last_renewed += Duration::from_millis(500).min(ttl / 3);
                 }
             }
         }
@@ -404,14 +407,12 @@ pub async fn report_loop(
         // Until it is delivered (to whichever scheduler leads by then): a lost report would
         // leave its task running forever in the scheduler's view. Duplicates and reports of
         // attempts a new leader does not know are ignored there.
-        let mut delay = Duration::from_millis(50);
+        let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
         while let Err(e) = link.report(&batch).await {
             warn!(error = %e, tasks = batch.len(), "reporting task statuses failed; retrying");
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = tokio::time::sleep(delay) => {}
+            if !backoff.wait(&shutdown).await {
+                return;
             }
-            delay = (delay * 2).min(Duration::from_secs(2));
         }
     }
 }

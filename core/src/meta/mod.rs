@@ -9,6 +9,7 @@
 
 pub mod conformance;
 mod etcd;
+mod lease;
 mod memory;
 
 use std::fmt::Debug;
@@ -17,6 +18,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 
 pub use etcd::EtcdStore;
+pub use lease::{KeptLease, Renewal};
 pub use memory::MemoryStore;
 
 use crate::error::Result;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_core::records::{WriteRecord, WriteSpec};
+use ember_core::retry::Backoff;
 use ember_core::{EmberError, JobId};
 use tracing::{info, warn};
 
@@ -55,7 +56,8 @@ impl Scheduler {
         }
         self.dispatch(Event::CommitStarted { job: job.clone() });
         let runtime = self.ctx.runtime_env();
-        let mut pause = Duration::from_millis(200);
+        let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let shutdown = self.shutdown_token();
         let moved = loop {
             let attempt = async {
                 let moved = commit_files(&runtime, &spec, &dirs).await?;
@@ -67,11 +69,9 @@ impl Scheduler {
                 Ok(moved) => break moved,
                 Err(e) if e.kind().is_retryable() => {
                     warn!(job_id = %job, error = %e, "commit step failed; retrying");
-                    if !self.is_leader(fence) {
+                    if !self.is_leader(fence) || !backoff.wait(&shutdown).await {
                         return;
                     }
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(10));
                 }
                 Err(e) => {
                     warn!(job_id = %job, error = %e, "the commit cannot complete");

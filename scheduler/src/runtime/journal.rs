@@ -13,6 +13,7 @@ use std::time::Duration;
 use datafusion::execution::TaskContext;
 use ember_core::meta::{Compare, KeyValue, Keys, MetaStore, Op, get_chunked};
 use ember_core::records::{JobRecord, Record, StageOutput, WriteRecord};
+use ember_core::retry::Backoff;
 use ember_core::{EmberError, Result, StageId};
 use ember_proto::records as wire;
 use parking_lot::Mutex;
@@ -79,7 +80,7 @@ async fn run(sched: Arc<Scheduler>, mut rx: UnboundedReceiver<(i64, Record)>) {
             r = rx.recv() => match r { Some(r) => r, None => return },
         };
         let op = op(&sched.keys, &record);
-        let mut delay = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
         while sched.is_leader(term) {
             match sched
                 .store
@@ -94,11 +95,9 @@ async fn run(sched: Arc<Scheduler>, mut rx: UnboundedReceiver<(i64, Record)>) {
                 }
                 Err(e) => {
                     warn!(error = %e, "recording in the metadata store failed; retrying");
-                    tokio::select! {
-                        _ = token.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
+                    if !backoff.wait(&token).await {
+                        return;
                     }
-                    delay = (delay * 2).min(Duration::from_secs(2));
                 }
             }
         }

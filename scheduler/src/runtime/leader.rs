@@ -7,12 +7,12 @@
 //! transaction that first compares it, so a deposed leader can change nothing.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use ember_core::Result;
 use ember_core::job::ExecutorSpec;
-use ember_core::meta::{Compare, KeyValue, LeaseId, Op, WatchEvent};
+use ember_core::meta::{Compare, KeptLease, KeyValue, LeaseId, Op, Renewal, WatchEvent};
 use ember_core::records::LeaderRecord;
 use futures::StreamExt;
 use tracing::{info, warn};
@@ -106,9 +106,8 @@ fn leader_of(kv: &KeyValue) -> Option<LeaderRecord> {
 /// the lease alive.
 async fn lead(sched: &Arc<Scheduler>, lease: LeaseId, fence: i64, ttl: i64) {
     let token = sched.shutdown_token();
-    let ttl = Duration::from_secs(ttl as u64);
-    let mut last_ok = Instant::now();
-    sched.lease_renewed(last_ok + ttl);
+    let mut kept = KeptLease::new(lease, Duration::from_secs(ttl as u64));
+    sched.lease_renewed(kept.valid_until());
     // Take over: retried until done, as long as the lease lives.
     let with_etcd = sched.config.cluster.etcd.is_some();
     loop {
@@ -138,38 +137,39 @@ async fn lead(sched: &Arc<Scheduler>, lease: LeaseId, fence: i64, ttl: i64) {
             _ = token.cancelled() => return,
             _ = tokio::time::sleep(RETRY) => {}
         }
-        match sched.store.keep_alive(lease).await {
-            Ok(t) if t > 0 => {
-                last_ok = Instant::now();
-                sched.lease_renewed(last_ok + ttl);
-            }
-            Ok(_) => return,
-            Err(_) if last_ok.elapsed() > ttl => return,
-            Err(_) => {}
+        if !renew(sched, &mut kept).await {
+            return;
         }
     }
     loop {
         tokio::select! {
             _ = token.cancelled() => return,
-            _ = tokio::time::sleep(ttl / 3) => {}
+            _ = tokio::time::sleep(kept.due_in()) => {}
         }
-        if !sched.is_leader(fence) {
+        if !sched.is_leader(fence) || !renew(sched, &mut kept).await {
             return;
         }
-        match sched.store.keep_alive(lease).await {
-            Ok(t) if t > 0 => {
-                last_ok = Instant::now();
-                sched.lease_renewed(last_ok + ttl);
-            }
-            Ok(_) => {
-                warn!("the leader lease expired");
-                return;
-            }
-            Err(e) if last_ok.elapsed() > ttl => {
-                warn!(error = %e, "could not renew the leader lease within its TTL");
-                return;
-            }
-            Err(e) => warn!(error = %e, "renewing the leader lease failed; retrying"),
+    }
+}
+
+/// Renews the leader lease; false when it is gone (or may be).
+async fn renew(sched: &Scheduler, kept: &mut KeptLease) -> bool {
+    match kept.renew(sched.store.as_ref()).await {
+        Renewal::Renewed => {
+            sched.lease_renewed(kept.valid_until());
+            true
+        }
+        Renewal::Failed(e) => {
+            warn!(error = %e, "renewing the leader lease failed; retrying");
+            true
+        }
+        Renewal::Expired => {
+            warn!("the leader lease expired");
+            false
+        }
+        Renewal::Lost(e) => {
+            warn!(error = %e, "could not renew the leader lease within its TTL");
+            false
         }
     }
 }
