@@ -2,6 +2,7 @@
 
 use std::process::Command;
 
+use crate::support::TestCluster;
 use crate::support::{ProcessCluster, ember_bin, spawn_guarded, tpch_dir, wait_for_port};
 
 pub fn ember(args: &[&str]) -> (bool, String, String) {

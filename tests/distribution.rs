@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::support::TestCluster;
 use crate::support::{ProcessCluster, datafusion_reference, register_tpch, rows};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

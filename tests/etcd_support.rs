@@ -6,10 +6,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ember_client::EmberClient;
 use ember_core::meta::{EtcdStore, Keys, MetaStore};
 
-use crate::support::{ChildGuard, ember_bin, eventually, spawn_guarded, wait_for_port};
+use crate::support::{
+    ChildGuard, TestCluster, ember_bin, eventually, spawn_guarded, wait_for_port,
+};
 
 /// Short leases so the tests see losses within seconds.
 pub const TTL_SECS: &str = "2";
@@ -261,16 +262,6 @@ impl EtcdCluster {
         }
     }
 
-    /// A client that knows every scheduler.
-    pub async fn client(&self) -> EmberClient {
-        let urls: Vec<String> = self
-            .schedulers
-            .iter()
-            .map(|s| format!("http://127.0.0.1:{}", s.port))
-            .collect();
-        EmberClient::connect(&urls.join(",")).await.unwrap()
-    }
-
     /// Waits until the leader lists exactly `n` executors.
     pub async fn wait_executors(&self, n: usize) -> Vec<String> {
         let client = self.client().await;
@@ -327,5 +318,17 @@ impl EtcdCluster {
             assert!(Instant::now() < deadline, "no leader within 30 s");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+}
+
+impl TestCluster for EtcdCluster {
+    /// Every scheduler: the client follows the leader among them.
+    fn scheduler_urls(&self) -> String {
+        let urls: Vec<String> = self
+            .schedulers
+            .iter()
+            .map(|s| format!("http://127.0.0.1:{}", s.port))
+            .collect();
+        urls.join(",")
     }
 }

@@ -12,6 +12,7 @@ use ember_core::{JobId, Result};
 use prost::Message;
 
 use crate::etcd_support::{Etcd, EtcdCluster};
+use crate::support::TestCluster;
 use crate::support::{
     assert_same_rows, datafusion_reference_at, eventually, register_tpch_at, tpch_dir,
     tpch_dir_large,

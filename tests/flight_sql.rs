@@ -12,6 +12,7 @@ use futures::TryStreamExt;
 use tonic::transport::Channel;
 
 use crate::etcd_support::EtcdCluster;
+use crate::support::TestCluster;
 use crate::support::{
     ProcessCluster, assert_same_rows, datafusion_reference, register_tpch, spawn_guarded, tpch_dir,
 };

@@ -14,6 +14,7 @@ use object_store::path::Path as StorePath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::cli::ember;
+use crate::support::TestCluster;
 use crate::support::{
     ChildGuard, ProcessCluster, assert_same_rows, datafusion_reference, spawn_guarded, tpch_dir,
 };

@@ -12,7 +12,7 @@ use datafusion::prelude::SessionContext;
 use ember_client::{EmbeddedCluster, EmberClient};
 use sqllogictest::{DBOutput, DefaultColumnType, Runner};
 
-use crate::support::{ProcessCluster, datafusion_reference, register_tpch};
+use crate::support::{ProcessCluster, TestCluster, datafusion_reference, register_tpch};
 
 fn files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
@@ -183,27 +183,25 @@ async fn sql_files_hold_datafusions_answers() {
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sql_files_give_the_same_answers_on_an_embedded_cluster() {
-    let cluster = EmbeddedCluster::start(2, 2).await.unwrap();
-    let client = cluster.client().await.unwrap();
+/// Every file on `cluster`, with the TPC-H tables registered.
+async fn run_on(engine: &str, cluster: &impl TestCluster) {
+    let client = cluster.client().await;
     register_tpch(&client).await;
-    run_all("ember embedded", move || {
+    run_all(engine, move || {
         let client = client.clone();
         async move { Ember(client) }
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sql_files_give_the_same_answers_on_an_embedded_cluster() {
+    let cluster = EmbeddedCluster::start(2, 2).await.unwrap();
+    run_on("ember embedded", &cluster).await;
     cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sql_files_give_the_same_answers_on_a_cluster_of_processes() {
-    let cluster = ProcessCluster::start(2, 2).await;
-    let client = cluster.client().await;
-    register_tpch(&client).await;
-    run_all("ember processes", move || {
-        let client = client.clone();
-        async move { Ember(client) }
-    })
-    .await;
+    run_on("ember processes", &ProcessCluster::start(2, 2).await).await;
 }

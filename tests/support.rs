@@ -290,10 +290,6 @@ impl ProcessCluster {
         }
         cluster
     }
-
-    pub async fn client(&self) -> EmberClient {
-        EmberClient::connect(&self.scheduler_url).await.unwrap()
-    }
 }
 
 /// `GET path` on an HTTP endpoint at `port` on loopback: the status code and the body.
@@ -318,5 +314,29 @@ where
             ),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What every test cluster offers, whether it runs in this process ([`EmbeddedCluster`]) or as
+/// `ember` processes ([`ProcessCluster`], [`crate::etcd_support::EtcdCluster`]): tests written
+/// against it run on each.
+pub trait TestCluster {
+    /// The scheduler URL(s) a client connects to.
+    fn scheduler_urls(&self) -> String;
+
+    async fn client(&self) -> EmberClient {
+        EmberClient::connect(&self.scheduler_urls()).await.unwrap()
+    }
+}
+
+impl TestCluster for ember_client::EmbeddedCluster {
+    fn scheduler_urls(&self) -> String {
+        self.scheduler_url()
+    }
+}
+
+impl TestCluster for ProcessCluster {
+    fn scheduler_urls(&self) -> String {
+        self.scheduler_url.clone()
     }
 }

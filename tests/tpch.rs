@@ -3,24 +3,27 @@
 use ember_client::EmbeddedCluster;
 
 use crate::support::{
-    ProcessCluster, assert_same_rows, check_tpch_queries, datafusion_reference, register_tpch,
+    ProcessCluster, TestCluster, assert_same_rows, check_tpch_queries, datafusion_reference,
+    register_tpch,
 };
+
+/// The 22 queries on `cluster`, against DataFusion's answers.
+async fn check_tpch_on(cluster: &impl TestCluster) {
+    let client = cluster.client().await;
+    register_tpch(&client).await;
+    check_tpch_queries(&client, 1..=22).await;
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tpch_embedded_two_executors_matches_datafusion() {
     let cluster = EmbeddedCluster::start(2, 2).await.unwrap();
-    let client = cluster.client().await.unwrap();
-    register_tpch(&client).await;
-    check_tpch_queries(&client, 1..=22).await;
+    check_tpch_on(&cluster).await;
     cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tpch_on_scheduler_and_two_executor_processes_matches_datafusion() {
-    let cluster = ProcessCluster::start(2, 2).await;
-    let client = cluster.client().await;
-    register_tpch(&client).await;
-    check_tpch_queries(&client, 1..=22).await;
+    check_tpch_on(&ProcessCluster::start(2, 2).await).await;
 }
 
 /// A DataFusion logical plan (a DataFrame built by the client) runs like its SQL.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use ember_core::job::JobState;
 
 use crate::etcd_support::EtcdCluster;
+use crate::support::TestCluster;
 use crate::support::{
     ProcessCluster, assert_same_rows, datafusion_reference, datafusion_reference_at, register_tpch,
     register_tpch_at, tpch_dir_large,
