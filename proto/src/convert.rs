@@ -292,6 +292,13 @@ pub fn locations_from_proto(
         .collect()
 }
 
+/// A job state as it travels (an `i32` of the enum); unknown or missing is a typed error.
+pub fn job_state(raw: i32) -> Result<JobState> {
+    pb::JobState::try_from(raw)
+        .map_err(|_| EmberError::InvalidMessage(format!("unknown job state {raw}")))?
+        .try_into()
+}
+
 impl From<JobState> for pb::JobState {
     fn from(s: JobState) -> Self {
         match s {
@@ -356,11 +363,9 @@ impl From<&JobStatus> for pb::JobStatus {
 impl TryFrom<pb::JobStatus> for JobStatus {
     type Error = EmberError;
     fn try_from(s: pb::JobStatus) -> Result<Self> {
-        let state = pb::JobState::try_from(s.state)
-            .map_err(|_| EmberError::InvalidMessage(format!("unknown job state {}", s.state)))?;
         Ok(JobStatus {
             job_id: JobId::from(s.job_id),
-            state: state.try_into()?,
+            state: job_state(s.state)?,
             error: (!s.error.is_empty()).then_some(s.error),
             error_kind: ErrorKind::from_name(&s.error_kind),
             stages_total: s.stages_total,
@@ -416,12 +421,10 @@ impl From<&ScriptStatus> for pb::ScriptStatus {
 impl TryFrom<pb::ScriptStatus> for ScriptStatus {
     type Error = EmberError;
     fn try_from(s: pb::ScriptStatus) -> Result<Self> {
-        let state = pb::JobState::try_from(s.state)
-            .map_err(|_| EmberError::InvalidMessage(format!("unknown job state {}", s.state)))?;
         Ok(ScriptStatus {
             script_id: s.script_id,
             name: s.name,
-            state: state.try_into()?,
+            state: job_state(s.state)?,
             statements_total: s.statements_total,
             statements_done: s.statements_done,
             current_job_id: s.current_job_id,

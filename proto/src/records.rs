@@ -11,7 +11,7 @@ use ember_core::records::{
 use ember_core::{EmberError, JobId, Result};
 use prost::Message;
 
-use crate::convert::required;
+use crate::convert::{job_state, required};
 use crate::pb;
 
 fn invalid(what: &str, e: prost::DecodeError) -> EmberError {
@@ -94,9 +94,7 @@ pub fn encode_job(r: &JobRecord) -> Bytes {
 
 pub fn decode_job(bytes: &[u8]) -> Result<JobRecord> {
     let r = pb::JobRecord::decode(bytes).map_err(|e| invalid("job record", e))?;
-    let state = pb::JobState::try_from(r.state)
-        .map_err(|_| EmberError::InvalidMessage(format!("job state {}", r.state)))?
-        .try_into()?;
+    let state = job_state(r.state)?;
     Ok(JobRecord {
         job_id: JobId::from(r.job_id),
         state,
@@ -259,9 +257,7 @@ pub fn encode_script(r: &ScriptRecord) -> Bytes {
 
 pub fn decode_script(bytes: &[u8]) -> Result<ScriptRecord> {
     let r = pb::ScriptRecord::decode(bytes).map_err(|e| invalid("script record", e))?;
-    let state = pb::JobState::try_from(r.state)
-        .map_err(|_| EmberError::InvalidMessage(format!("script state {}", r.state)))?
-        .try_into()?;
+    let state = job_state(r.state)?;
     Ok(ScriptRecord {
         script_id: r.script_id,
         name: r.name,
