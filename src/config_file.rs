@@ -18,14 +18,16 @@
 //! ```
 //!
 //! Precedence: flags, then `EMBER_*` variables, then the file, then the defaults. A key the
-//! command does not know is an error naming it.
+//! command does not know is an error naming it. The file's values become the options'
+//! defaults when the command line is parsed: one resolve step, and no process environment is
+//! changed.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use clap::CommandFactory;
+use clap::{Command, CommandFactory, FromArgMatches};
 
 use crate::cli::Cli;
 
@@ -62,49 +64,91 @@ fn command_path(args: &[OsString]) -> Vec<String> {
     path
 }
 
-/// Option name → environment variable, for the options of the command at `path` (and the
-/// global ones).
-fn env_names(path: &[String]) -> BTreeMap<String, String> {
+/// The options the command at `path` takes from a file (those with an `EMBER_*` variable):
+/// long name → (the path of the command that declares it, its id). The root's options count
+/// too; a subcommand's own wins over its parent's.
+fn owners(path: &[String]) -> BTreeMap<String, (Vec<String>, String)> {
     let mut out = BTreeMap::new();
     let mut command = Cli::command();
-    let collect = |command: &clap::Command, out: &mut BTreeMap<String, String>| {
-        for arg in command.get_arguments() {
-            if let (Some(long), Some(env)) = (arg.get_long(), arg.get_env()) {
-                out.insert(long.to_string(), env.to_string_lossy().to_string());
+    let collect =
+        |command: &Command, at: &[String], out: &mut BTreeMap<String, (Vec<String>, String)>| {
+            for arg in command.get_arguments() {
+                if let (Some(long), Some(_)) = (arg.get_long(), arg.get_env()) {
+                    let owner = (at.to_vec(), arg.get_id().to_string());
+                    out.insert(long.to_string(), owner);
+                }
             }
-        }
-    };
-    collect(&command, &mut out);
-    for name in path {
+        };
+    collect(&command, &[], &mut out);
+    for (depth, name) in path.iter().enumerate() {
         let Some(sub) = command.find_subcommand(name).cloned() else {
             break;
         };
-        collect(&sub, &mut out);
+        collect(&sub, &path[..=depth], &mut out);
         command = sub;
     }
     out
 }
 
-fn value_text(key: &str, value: &toml::Value) -> Result<String> {
+/// `command` with the option `id` of the subcommand at `path` defaulting to `values`.
+fn with_default(command: Command, path: &[String], id: &str, values: Vec<&'static str>) -> Command {
+    match path.split_first() {
+        None => command.mut_arg(id, |arg| arg.default_values(values)),
+        Some((name, rest)) => {
+            let name = name.clone();
+            command.mut_subcommand(name, |sub| with_default(sub, rest, id, values))
+        }
+    }
+}
+
+/// A setting's value(s) as command-line text: an array gives one value per item.
+fn value_texts(key: &str, value: &toml::Value) -> Result<Vec<String>> {
     Ok(match value {
-        toml::Value::String(s) => s.clone(),
-        toml::Value::Integer(i) => i.to_string(),
-        toml::Value::Float(f) => f.to_string(),
-        toml::Value::Boolean(b) => b.to_string(),
-        toml::Value::Array(items) => items
-            .iter()
-            .map(|v| value_text(key, v))
-            .collect::<Result<Vec<_>>>()?
-            .join(","),
+        toml::Value::String(s) => vec![s.clone()],
+        toml::Value::Integer(i) => vec![i.to_string()],
+        toml::Value::Float(f) => vec![f.to_string()],
+        toml::Value::Boolean(b) => vec![b.to_string()],
+        toml::Value::Array(items) => {
+            let mut out = Vec::new();
+            for item in items {
+                out.extend(value_texts(key, item)?);
+            }
+            out
+        }
         other => bail!("setting {key}: {other} is not a value"),
     })
 }
 
-/// Reads the config file (if one is named) and sets the `EMBER_*` variables of the settings
-/// it holds that neither the environment nor (then) the flags set.
-pub fn apply(args: &[OsString]) -> Result<()> {
+/// Parses the command line (`args`, the program name first). A config file named by
+/// `--config` or `EMBER_CONFIG` supplies defaults for the options flags and variables leave
+/// unset. Help, version and usage errors exit as clap does.
+pub fn parse(args: Vec<OsString>) -> Result<Cli> {
+    let mut command = Cli::command();
+    for setting in file_settings(&args)? {
+        // Read once at start-up and kept for the process's life.
+        let values: Vec<&'static str> = setting
+            .values
+            .into_iter()
+            .map(|v| &*Box::leak(v.into_boxed_str()))
+            .collect();
+        command = with_default(command, &setting.command, &setting.id, values);
+    }
+    let matches = command.get_matches_from(args);
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// One setting of the config file, for the option that takes it.
+struct FileSetting {
+    /// The path of the (sub)command that declares the option.
+    command: Vec<String>,
+    id: String,
+    values: Vec<String>,
+}
+
+/// The settings of the config file (if one is named) that the command `args` invoke takes.
+fn file_settings(args: &[OsString]) -> Result<Vec<FileSetting>> {
     let Some(path) = config_path(args) else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("reading the config file {}", path.display()))?;
@@ -112,7 +156,7 @@ pub fn apply(args: &[OsString]) -> Result<()> {
         .parse()
         .with_context(|| format!("parsing the config file {}", path.display()))?;
     let commands = command_path(args);
-    let known = env_names(&commands);
+    let known = owners(&commands);
     let command_name = commands.join(" ");
     // (key, value, whether it sits in the command's own table)
     let mut settings: Vec<(String, toml::Value, bool)> = Vec::new();
@@ -133,8 +177,9 @@ pub fn apply(args: &[OsString]) -> Result<()> {
             value => settings.push((key, value, false)),
         }
     }
+    let mut out = Vec::new();
     for (key, value, own) in settings {
-        let Some(env) = known.get(&key) else {
+        let Some((owner, id)) = known.get(&key) else {
             // Top-level keys may belong to other commands; a key no command knows, or one in
             // this command's table that it does not take from a file, is a mistake.
             if !own && env_names_anywhere().contains(&key) {
@@ -146,12 +191,13 @@ pub fn apply(args: &[OsString]) -> Result<()> {
                 path.display()
             );
         };
-        if std::env::var_os(env).is_none() {
-            // SAFETY: called once at start-up, before any other thread exists.
-            unsafe { std::env::set_var(env, value_text(&key, &value)?) };
-        }
+        out.push(FileSetting {
+            command: owner.clone(),
+            id: id.clone(),
+            values: value_texts(&key, &value)?,
+        });
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Every option name of every command.
@@ -169,4 +215,35 @@ fn env_names_anywhere() -> Vec<String> {
     let mut out = Vec::new();
     walk(&Cli::command(), &mut out);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::Command as Sub;
+
+    fn scheduler(args: &[&str], file: &str) -> ember_scheduler::SchedulerConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ember.toml");
+        std::fs::write(&path, file).unwrap();
+        let mut argv: Vec<OsString> = vec!["ember".into(), "scheduler".into()];
+        argv.extend(args.iter().map(OsString::from));
+        argv.extend(["--config".into(), path.into_os_string()]);
+        match parse(argv).unwrap().command {
+            Sub::Scheduler(config) => config,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_file_fills_in_what_flags_leave_unset_and_flags_win() {
+        let file = "cluster-name = \"prod\"\n[scheduler]\nbind = \"127.0.0.1:7000\"\nmax-task-attempts = 7\n";
+        let from_file = scheduler(&[], file);
+        assert_eq!(from_file.bind, "127.0.0.1:7000");
+        assert_eq!(from_file.max_task_attempts, 7);
+        assert_eq!(from_file.cluster.cluster_name, "prod");
+        let flagged = scheduler(&["--bind", "127.0.0.1:7001"], file);
+        assert_eq!(flagged.bind, "127.0.0.1:7001");
+        assert_eq!(flagged.max_task_attempts, 7);
+    }
 }

@@ -137,13 +137,11 @@ fn init_logging(filter: &str, format: cli::LogFormat) {
     };
 }
 
-/// Parses the command line, after the config file (if any) filled in what flags and
-/// environment leave unset.
+/// Parses the command line, the config file (if any) filling in what flags and environment
+/// leave unset.
 pub fn parse_command_line() -> std::result::Result<Cli, String> {
-    use clap::Parser;
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    config_file::apply(&args).map_err(|e| format!("error: {e:#}"))?;
-    Ok(Cli::parse_from(args))
+    config_file::parse(args).map_err(|e| format!("error: {e:#}"))
 }
 
 #[cfg(test)]

@@ -53,9 +53,11 @@ impl KeptLease {
 
     /// Renews the lease now.
     pub async fn renew(&mut self, store: &dyn MetaStore) -> Renewal {
+        // Counted from when the request left: the store may have renewed it any time after.
+        let sent = Instant::now();
         match store.keep_alive(self.id).await {
             Ok(ttl) if ttl > 0 => {
-                self.renewed = Instant::now();
+                self.renewed = sent;
                 self.next = self.renewed + self.ttl / 3;
                 Renewal::Renewed
             }
