@@ -292,6 +292,22 @@ pub fn locations_from_proto(
         .collect()
 }
 
+/// An error kind as it travels: its name, or empty for none.
+pub fn kind_to_wire(kind: Option<ErrorKind>) -> String {
+    kind.map(|k| k.name().to_string()).unwrap_or_default()
+}
+
+/// Session settings as they travel in records.
+pub fn settings_to_wire(settings: &[(String, String)]) -> Vec<pb::Setting> {
+    settings
+        .iter()
+        .map(|(key, value)| pb::Setting {
+            key: key.clone(),
+            value: value.clone(),
+        })
+        .collect()
+}
+
 /// A job state as it travels (an `i32` of the enum); unknown or missing is a typed error.
 pub fn job_state(raw: i32) -> Result<JobState> {
     pb::JobState::try_from(raw)
@@ -331,10 +347,7 @@ impl From<&JobStatus> for pb::JobStatus {
             job_id: s.job_id.to_string(),
             state: pb::JobState::from(s.state) as i32,
             error: s.error.clone().unwrap_or_default(),
-            error_kind: s
-                .error_kind
-                .map(|k| k.name().to_string())
-                .unwrap_or_default(),
+            error_kind: kind_to_wire(s.error_kind),
             stages_total: s.stages_total,
             stages_completed: s.stages_completed,
             tasks_total: s.tasks_total,
@@ -408,10 +421,7 @@ impl From<&ScriptStatus> for pb::ScriptStatus {
             tasks_completed: s.tasks_completed,
             elapsed_ms: s.elapsed_ms,
             error: s.error.clone().unwrap_or_default(),
-            error_kind: s
-                .error_kind
-                .map(|k| k.name().to_string())
-                .unwrap_or_default(),
+            error_kind: kind_to_wire(s.error_kind),
             submitted_unix_ms: s.submitted_unix_ms,
             statement_rows: s.statement_rows.clone(),
         }

@@ -11,7 +11,7 @@ use ember_core::records::{
 use ember_core::{EmberError, JobId, Result};
 use prost::Message;
 
-use crate::convert::{job_state, required};
+use crate::convert::{job_state, kind_to_wire, required, settings_to_wire};
 use crate::pb;
 
 fn invalid(what: &str, e: prost::DecodeError) -> EmberError {
@@ -55,18 +55,8 @@ pub fn encode_job(r: &JobRecord) -> Bytes {
         job_id: r.job_id.to_string(),
         state: pb::JobState::from(r.state) as i32,
         error: r.error.clone().unwrap_or_default(),
-        error_kind: r
-            .error_kind
-            .map(|k| k.name().to_string())
-            .unwrap_or_default(),
-        settings: r
-            .settings
-            .iter()
-            .map(|(key, value)| pb::Setting {
-                key: key.clone(),
-                value: value.clone(),
-            })
-            .collect(),
+        error_kind: kind_to_wire(r.error_kind),
+        settings: settings_to_wire(&r.settings),
         stages: r
             .stages
             .iter()
@@ -229,22 +219,12 @@ pub fn encode_script(r: &ScriptRecord) -> Bytes {
         script_id: r.script_id.clone(),
         name: r.name.clone(),
         statements: r.statements.clone(),
-        settings: r
-            .settings
-            .iter()
-            .map(|(key, value)| pb::Setting {
-                key: key.clone(),
-                value: value.clone(),
-            })
-            .collect(),
+        settings: settings_to_wire(&r.settings),
         state: pb::JobState::from(r.state) as i32,
         statements_done: r.statements_done,
         current_job_id: r.current_job_id.clone(),
         error: r.error.clone().unwrap_or_default(),
-        error_kind: r
-            .error_kind
-            .map(|k| k.name().to_string())
-            .unwrap_or_default(),
+        error_kind: kind_to_wire(r.error_kind),
         submitted_unix_ms: r.submitted_unix_ms,
         finished_unix_ms: r.finished_unix_ms,
         statement_rows: r.statement_rows.clone(),
