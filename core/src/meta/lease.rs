@@ -32,12 +32,17 @@ pub struct KeptLease {
 impl KeptLease {
     /// A lease just granted (or renewed) with `ttl`.
     pub fn new(id: LeaseId, ttl: Duration) -> KeptLease {
-        let now = Instant::now();
+        Self::granted_at(id, ttl, Instant::now())
+    }
+
+    /// A lease with `ttl` whose grant was asked for at `asked` (it holds at least until
+    /// `asked + ttl`).
+    pub fn granted_at(id: LeaseId, ttl: Duration, asked: Instant) -> KeptLease {
         KeptLease {
             id,
             ttl,
-            renewed: now,
-            next: now + ttl / 3,
+            renewed: asked,
+            next: asked + ttl / 3,
         }
     }
 

@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use ember_core::Result;
 use ember_core::job::ExecutorSpec;
-use ember_core::meta::{Compare, KeptLease, KeyValue, LeaseId, Op, Renewal, WatchEvent};
+use ember_core::meta::{Compare, KeptLease, KeyValue, Op, Renewal, WatchEvent};
 use ember_core::records::LeaderRecord;
 use futures::StreamExt;
 use tracing::{info, warn};
@@ -42,11 +42,12 @@ pub async fn leadership(sched: Arc<Scheduler>, address: String) {
         match won {
             Ok(Some((lease, fence))) => {
                 info!(scheduler = %sched.id, fence, "elected leader");
-                lead(&sched, lease, fence, ttl).await;
+                let id = lease.id;
+                lead(&sched, lease, fence).await;
                 sched.step_down(fence);
                 if token.is_cancelled() {
                     // Resign: the key goes with the lease, and a standby's watch sees it.
-                    let _ = sched.store.revoke(lease).await;
+                    let _ = sched.store.revoke(id).await;
                     info!("resigned leadership");
                     return;
                 }
@@ -65,8 +66,9 @@ pub async fn leadership(sched: Arc<Scheduler>, address: String) {
 }
 
 /// Tries once to create the leader key under a fresh lease: `Some((lease, fence))` when won.
-async fn campaign(sched: &Scheduler, record: &[u8], ttl: i64) -> Result<Option<(LeaseId, i64)>> {
+async fn campaign(sched: &Scheduler, record: &[u8], ttl: i64) -> Result<Option<(KeptLease, i64)>> {
     let key = sched.keys.leader();
+    let asked = std::time::Instant::now();
     let lease = sched.store.grant_lease(ttl).await?;
     let put = Op::Put {
         key: key.clone(),
@@ -78,7 +80,11 @@ async fn campaign(sched: &Scheduler, record: &[u8], ttl: i64) -> Result<Option<(
         .txn(vec![Compare::CreateRevision(key.clone(), 0)], vec![put])
         .await?;
     if result.succeeded {
-        return Ok(Some((lease, result.revision)));
+        let ttl = Duration::from_secs(ttl as u64);
+        return Ok(Some((
+            KeptLease::granted_at(lease, ttl, asked),
+            result.revision,
+        )));
     }
     let _ = sched.store.revoke(lease).await;
     // A key of our own from a term we gave up (the store was unreachable for a while) would
@@ -104,9 +110,8 @@ fn leader_of(kv: &KeyValue) -> Option<LeaderRecord> {
 
 /// Leads until the lease is lost (or shutdown): restores the jobs, follows executors, keeps
 /// the lease alive.
-async fn lead(sched: &Arc<Scheduler>, lease: LeaseId, fence: i64, ttl: i64) {
+async fn lead(sched: &Arc<Scheduler>, mut kept: KeptLease, fence: i64) {
     let token = sched.shutdown_token();
-    let mut kept = KeptLease::new(lease, Duration::from_secs(ttl as u64));
     sched.lease_renewed(kept.valid_until());
     // Take over: retried until done, as long as the lease lives.
     let with_etcd = sched.config.cluster.etcd.is_some();
