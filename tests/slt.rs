@@ -5,14 +5,13 @@
 
 use std::path::{Path, PathBuf};
 
-use datafusion::arrow::array::{Array, RecordBatch};
+use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::{DataType, Schema};
-use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::prelude::SessionContext;
 use ember_client::{EmbeddedCluster, EmberClient};
 use sqllogictest::{DBOutput, DefaultColumnType, Runner};
 
-use crate::support::{ProcessCluster, TestCluster, datafusion_reference, register_tpch};
+use crate::support::{ProcessCluster, TestCluster, datafusion_reference, register_tpch, rows};
 
 fn files() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/slt");
@@ -47,36 +46,22 @@ fn output(schema: &Schema, batches: &[RecordBatch]) -> DBOutput<DefaultColumnTyp
             _ => DefaultColumnType::Text,
         })
         .collect();
-    let options = FormatOptions::default().with_null("NULL");
-    let mut rows = Vec::new();
-    for batch in batches {
-        let formatters: Vec<ArrayFormatter> = batch
-            .columns()
-            .iter()
-            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options).unwrap())
-            .collect();
-        for row in 0..batch.num_rows() {
-            let values = batch
-                .columns()
-                .iter()
-                .zip(&formatters)
-                .map(|(column, format)| {
-                    if column.is_null(row) {
-                        return "NULL".to_string();
+    let rows = rows(batches)
+        .into_iter()
+        .map(|row| {
+            row.into_iter()
+                .zip(schema.fields())
+                .map(|(text, field)| match field.data_type() {
+                    _ if text == "NULL" => text,
+                    t if t.is_floating() => {
+                        format!("{:.4}", text.parse::<f64>().unwrap_or(f64::NAN))
                     }
-                    let text = format.value(row).to_string();
-                    match column.data_type() {
-                        t if t.is_floating() => {
-                            format!("{:.4}", text.parse::<f64>().unwrap_or(f64::NAN))
-                        }
-                        _ if text.is_empty() => "(empty)".to_string(),
-                        _ => text,
-                    }
+                    _ if text.is_empty() => "(empty)".to_string(),
+                    _ => text,
                 })
-                .collect();
-            rows.push(values);
-        }
-    }
+                .collect()
+        })
+        .collect();
     DBOutput::Rows { types, rows }
 }
 

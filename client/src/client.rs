@@ -65,8 +65,7 @@ async fn leader_url(store: &dyn MetaStore, keys: &Keys) -> Result<Option<String>
     let Some(kv) = store.get(&keys.leader()).await? else {
         return Ok(None);
     };
-    let record = pb::LeaderRecord::decode(&kv.value[..])
-        .map_err(|e| EmberError::InvalidMessage(format!("leader record: {e}")))?;
+    let record = ember_proto::records::decode_leader(&kv.value)?;
     Ok(Some(format!("http://{}", record.address)))
 }
 

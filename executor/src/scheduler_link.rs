@@ -8,21 +8,20 @@
 //! when its lease ends — and it finds the leader through etcd. Either way task reports and
 //! metrics go to the leader over gRPC.
 
-use ember_core::retry::Backoff;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use ember_core::job::{ExecutorSpec, TaskStatus};
 use ember_core::meta::{KeptLease, Keys, LeaseId, MetaStore, Renewal};
 use ember_core::metrics::ExecutorMetrics;
+use ember_core::records::{ExecutorRecord, LeaderRecord};
+use ember_core::retry::Backoff;
 use ember_core::{EmberError, Result};
 use ember_proto::error_from_status;
 use ember_proto::pb;
 use ember_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use parking_lot::Mutex;
-use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -159,13 +158,11 @@ fn drain_now(draining: &watch::Receiver<bool>) -> bool {
     *draining.borrow()
 }
 
-async fn leader_record(store: &dyn MetaStore, keys: &Keys) -> Result<Option<pb::LeaderRecord>> {
+async fn leader_record(store: &dyn MetaStore, keys: &Keys) -> Result<Option<LeaderRecord>> {
     let Some(kv) = store.get(&keys.leader()).await? else {
         return Ok(None);
     };
-    let record = pb::LeaderRecord::decode(&kv.value[..])
-        .map_err(|e| EmberError::InvalidMessage(format!("leader record: {e}")))?;
-    Ok(Some(record))
+    Ok(Some(ember_proto::records::decode_leader(&kv.value)?))
 }
 
 /// What the membership loops need from the executor.
@@ -377,12 +374,11 @@ async fn put_record(
     draining: bool,
     lease: LeaseId,
 ) -> Result<()> {
-    let record = pb::ExecutorRecord {
-        executor: Some(spec.into()),
+    let value = ember_proto::records::encode_executor(&ExecutorRecord {
+        spec: spec.clone(),
         protocol_version: ember_core::PROTOCOL_VERSION,
         draining,
-    };
-    let value = Bytes::from(record.encode_to_vec());
+    });
     store
         .put(&keys.executor(spec.id.as_str()), value, Some(lease))
         .await?;

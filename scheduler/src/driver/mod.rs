@@ -367,12 +367,12 @@ impl Driver {
         stop_tasks(&mut self.cluster, job.stop_running(), out);
         match (&job.write, job.state) {
             (Some(spec), JobState::Succeeded) if !job.committed => {
-                if !self.committing.insert(job_id.clone()) {
-                    return;
-                }
                 let Some(dirs) = job.staged_dirs() else {
                     return;
                 };
+                if !self.committing.insert(job_id.clone()) {
+                    return;
+                }
                 out.push(Effect::Commit {
                     job: job_id.clone(),
                     spec: spec.clone(),

@@ -225,6 +225,8 @@ impl Scheduler {
         self.check_lease();
         let effects = self.driver.lock().handle(event, unix_ms());
         self.apply(effects);
+        // Any event may have changed what clients wait on (a task done, a stage complete).
+        self.notify();
     }
 
     /// The leader lease was renewed: it holds until `deadline`.
@@ -258,6 +260,7 @@ impl Scheduler {
         let effects = driver.handle(event, unix_ms());
         drop(driver);
         self.apply(effects);
+        self.notify();
         true
     }
 
@@ -267,9 +270,8 @@ impl Scheduler {
     }
 
     /// Performs effects, in order: RPCs and commits run as tracked tasks, records go to the
-    /// journal (which keeps their order).
+    /// journal (which keeps their order). The caller tells waiting clients.
     fn apply(&self, effects: Vec<Effect>) {
-        let changed = !effects.is_empty();
         for effect in effects {
             match effect {
                 Effect::Launch { executor, tasks } => self.launch(executor, tasks),
@@ -315,9 +317,6 @@ impl Scheduler {
                     state => info!(job_id = %job, state = state.name(), "job ended"),
                 },
             }
-        }
-        if changed {
-            self.notify();
         }
     }
 
@@ -375,9 +374,8 @@ impl Scheduler {
             None => Err(EmberError::JobNotFound {
                 job_id: job_id.to_string(),
             }),
-            Some(JobEntry::Distributed(job)) => {
-                Ok(!job.visible_state().is_terminal() && !job.state.is_terminal())
-            }
+            // A write that commits counts as ended: it can no longer be cancelled.
+            Some(JobEntry::Distributed(job)) => Ok(!job.state.is_terminal()),
             Some(JobEntry::Inline(_)) => Ok(false),
         })?;
         if running {
