@@ -365,11 +365,16 @@ impl Driver {
             return;
         };
         stop_tasks(&mut self.cluster, job.stop_running(), out);
+        if job.write.is_some() && job.state == JobState::Succeeded && job.staged_dirs().is_none() {
+            // Restored with outputs of the write stage unrecorded: which attempt's files to
+            // commit is unknown, so nothing is committed and the job fails clearly.
+            job.state = JobState::Failed;
+            job.error = Some("the write's staged files are not all known after a failover; nothing was committed, run it again".into());
+            job.error_kind = Some(ErrorKind::Unavailable);
+        }
         match (&job.write, job.state) {
             (Some(spec), JobState::Succeeded) if !job.committed => {
-                let Some(dirs) = job.staged_dirs() else {
-                    return;
-                };
+                let dirs = job.staged_dirs().unwrap_or_default();
                 if !self.committing.insert(job_id.clone()) {
                     return;
                 }

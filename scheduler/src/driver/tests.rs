@@ -554,6 +554,38 @@ fn a_write_commits_after_its_stages_and_rolls_forward_on_a_new_leader() {
 }
 
 #[test]
+fn a_restored_write_whose_staged_files_are_unknown_fails_clearly() {
+    // Stage 1 writes; stage 2 (final) read its output and completed before the failover, but
+    // stage 1's output record is missing: nothing reads stage 1 any more, so it is not rerun,
+    // and which attempt's files to commit is not known.
+    let stages: &[(StageId, usize, &[StageId])] = &[(1, 2, &[]), (2, 1, &[1])];
+    let mut old = Harness::new(SchedulingPolicy::Fair);
+    old.join("e1", 2);
+    old.join("e2", 1);
+    let job = Job::new("w".into(), graph(stages), write_options(), old.now);
+    let mut store = Store::default();
+    store.apply(&[Effect::Persist {
+        fence: FENCE,
+        record: Record::Job(Box::new(job.record())),
+    }]);
+    let fx = old.on(Event::JobSubmitted { job: Box::new(job) });
+    let fx = old.succeed(&fx);
+    store.apply(&fx);
+    let fx = old.succeed(&fx);
+    store.apply(&fx);
+    store.outputs.remove(&("w".into(), 1));
+    let mut new = Harness::new(SchedulingPolicy::Fair);
+    new.join("e1", 2);
+    new.join("e2", 1);
+    let fx = new.lead(FENCE + 1, store.stored(stages), Vec::new());
+    assert!(commit_of(&fx).is_none());
+    assert_eq!(new.state("w"), JobState::Failed);
+    let status = new.d.status(&"w".into(), new.now).unwrap();
+    assert!(status.error.unwrap().contains("nothing was committed"));
+    assert!(fx.iter().any(|e| matches!(e, Effect::CleanStaging { .. })));
+}
+
+#[test]
 fn a_permanent_commit_error_fails_the_job() {
     let mut h = Harness::new(SchedulingPolicy::Fair);
     h.join("e1", 2);
