@@ -14,6 +14,7 @@ use datafusion::prelude::SessionContext;
 use ember_client::EmbeddedCluster;
 use ember_core::job::ExecutorSpec;
 use ember_core::metrics::ExecutorCounters;
+use ember_core::shuffle::grant::{Scope, SharedTicketKey, TicketKey};
 use ember_core::shuffle::{
     FlightFetcher, PartitionLocation, ShuffleConfig, ShuffleStore, flight_data_stream,
 };
@@ -95,12 +96,12 @@ fn shuffle_write(c: &mut Criterion) {
 }
 
 /// A Flight server on loopback holding `maps` map outputs of one partition each, kept as
-/// `config` says.
+/// `config` says; it serves tickets carrying a grant from the returned key.
 fn flight_server(
     rt: &Runtime,
     maps: u32,
     config: &ShuffleConfig,
-) -> (String, usize, tempfile::TempDir) {
+) -> (String, usize, tempfile::TempDir, TicketKey) {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(ShuffleStore::new(dir.path()).unwrap());
     let batches: Vec<RecordBatch> = (0..32).map(|i| batch(8192, i)).collect();
@@ -114,9 +115,13 @@ fn flight_server(
         }
         store.insert("bench", 1, map, w.finish().unwrap());
     }
+    let key = TicketKey::generate().unwrap();
+    let shared = SharedTicketKey::default();
+    shared.set(key.clone());
     let service = FlightServiceServer::new(ShuffleFlight::new(
         Arc::clone(&store),
         Arc::new(ExecutorCounters::default()),
+        shared,
     ))
     .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
     let listener = rt
@@ -128,7 +133,7 @@ fn flight_server(
             .add_service(service)
             .serve_with_incoming(ember_core::net::incoming(listener)),
     );
-    (address, decoded, dir)
+    (address, decoded, dir, key)
 }
 
 /// Fetching partitions over Flight on loopback and decoding them: as the executor serves them
@@ -140,7 +145,14 @@ fn shuffle_fetch(c: &mut Criterion) {
     let mut group = c.benchmark_group("shuffle_fetch");
     group.sample_size(20);
     for (name, config) in kept() {
-        let (address, decoded, _dir) = flight_server(&rt, streams, &config);
+        let (address, decoded, _dir, key) = flight_server(&rt, streams, &config);
+        let grant = key.grant(
+            Scope {
+                job_id: "bench",
+                stage_id: 1,
+            },
+            u64::MAX,
+        );
         let location = |map: u32| PartitionLocation {
             executor_id: "bench".into(),
             address: address.clone(),
@@ -150,6 +162,7 @@ fn shuffle_fetch(c: &mut Criterion) {
             partition: 0,
             rows: 0,
             bytes: 0,
+            grant: grant.clone(),
         };
         for n in [1, streams] {
             group.throughput(Throughput::Bytes((decoded * n as usize) as u64));

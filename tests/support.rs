@@ -292,6 +292,15 @@ impl ProcessCluster {
     }
 }
 
+impl ProcessCluster {
+    /// Whether every process of the cluster is still running.
+    pub fn all_running(&mut self) -> bool {
+        std::iter::once(&mut self._scheduler)
+            .chain(self._executors.iter_mut())
+            .all(|guard| matches!(guard.0.try_wait(), Ok(None)))
+    }
+}
+
 /// `GET path` on an HTTP endpoint at `port` on loopback: the status code and the body.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     ember::http_get(port, path).unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))

@@ -57,6 +57,15 @@ pub enum EmberError {
     Io(#[from] std::io::Error),
 }
 
+/// The text of a caught panic's payload.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
+
 /// Why a job (or a request) failed, as clients and exit codes see it: whose fault it is and
 /// whether trying again can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

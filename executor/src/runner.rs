@@ -1,6 +1,5 @@
 //! Runs tasks: decodes a stage plan, executes one partition of it, and reports the outcome.
 
-use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -113,7 +112,7 @@ impl TaskRunner {
                         .catch_unwind()
                         .await
                         .unwrap_or_else(|panic| TaskOutcome::Failed {
-                            message: format!("task panicked: {}", panic_message(&panic)),
+                            message: format!("task panicked: {}", ember_core::error::panic_message(panic.as_ref())),
                             kind: ErrorKind::Internal,
                         })
                 } => Some(outcome),
@@ -202,14 +201,6 @@ impl TaskRunner {
         self.tracker.close();
         self.tracker.wait().await;
     }
-}
-
-fn panic_message(panic: &Box<dyn Any + Send>) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_string())
 }
 
 async fn run(ctx: Result<Arc<TaskContext>, DataFusionError>, task: &TaskDefinition) -> TaskOutcome {

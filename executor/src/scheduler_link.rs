@@ -17,6 +17,7 @@ use ember_core::meta::{KeptLease, Keys, LeaseId, MetaStore, Renewal};
 use ember_core::metrics::ExecutorMetrics;
 use ember_core::records::{ExecutorRecord, LeaderRecord};
 use ember_core::retry::Backoff;
+use ember_core::shuffle::grant::{SharedTicketKey, TicketKey};
 use ember_core::{EmberError, Result};
 use ember_proto::error_from_status;
 use ember_proto::pb;
@@ -108,17 +109,18 @@ impl SchedulerLink {
         error_from_status(status)
     }
 
-    pub async fn register(&self, spec: &ExecutorSpec) -> Result<()> {
+    /// Registers; returns the cluster's ticket key.
+    pub async fn register(&self, spec: &ExecutorSpec) -> Result<TicketKey> {
         let request = pb::RegisterExecutorRequest {
             executor: Some(spec.into()),
             protocol_version: ember_core::PROTOCOL_VERSION,
         };
         let mut client = self.client().await?;
-        client
+        let reply = client
             .register_executor(request)
             .await
             .map_err(|s| self.failed(&s))?;
-        Ok(())
+        TicketKey::from_bytes(&reply.into_inner().ticket_key)
     }
 
     /// Returns true when the scheduler asks the executor to register again.
@@ -177,6 +179,8 @@ pub struct Member<M, F> {
     pub shutdown: CancellationToken,
     /// Set while the executor is registered (what readiness reports).
     pub registered: Arc<std::sync::atomic::AtomicBool>,
+    /// The cluster's key for checking shuffle grants, learnt when joining.
+    pub ticket_key: SharedTicketKey,
 }
 
 /// Registers with the scheduler over gRPC (retrying while it is unreachable), then heartbeats
@@ -197,6 +201,7 @@ where
         mut draining,
         shutdown,
         registered: ready,
+        ticket_key,
     } = member;
     let mut registered = false;
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
@@ -207,7 +212,10 @@ where
                 .await
                 .map(|again| !again)
         } else {
-            link.register(&spec).await.map(|()| true)
+            link.register(&spec).await.map(|key| {
+                ticket_key.set(key);
+                true
+            })
         };
         match result {
             Ok(ok) => {
@@ -269,6 +277,7 @@ where
         mut draining,
         shutdown,
         registered: ready,
+        ticket_key,
     } = member;
     let ttl = Duration::from_secs(ttl_secs.max(1));
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
@@ -316,6 +325,14 @@ where
             }
             if Instant::now() >= next_beat {
                 next_beat = Instant::now() + interval;
+                // The first leader makes the cluster's ticket key: read it until it is there.
+                if !ticket_key.is_known() {
+                    match ember_core::meta::ticket_key(store.as_ref(), &keys).await {
+                        Ok(Some(key)) => ticket_key.set(key),
+                        Ok(None) => {}
+                        Err(e) => warn!(error = %e, "reading the cluster's ticket key failed"),
+                    }
+                }
                 // Metrics only: liveness is the lease. An unreachable leader is re-resolved.
                 let drain = *draining.borrow();
                 let _ = link.heartbeat(&spec, &metrics(), drain).await;

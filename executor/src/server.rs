@@ -12,6 +12,7 @@ use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use ember_core::job::ExecutorSpec;
 use ember_core::meta::{EtcdStore, Keys, MetaStore};
 use ember_core::metrics::ExecutorCounters;
+use ember_core::shuffle::grant::SharedTicketKey;
 use ember_core::shuffle::{FlightFetcher, ShuffleConfig, ShuffleEnv, ShuffleStore};
 use ember_core::{EmberError, ExecutorId, Result};
 use ember_proto::pb::executor_service_server::ExecutorServiceServer;
@@ -196,9 +197,11 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         ExecutorServiceServer::new(ExecutorGrpc::new(Arc::clone(&runner), Arc::clone(&store)))
             .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
+    let ticket_key = SharedTicketKey::default();
     let flight = FlightServiceServer::new(ShuffleFlight::new(
         Arc::clone(&store),
         Arc::clone(&counters),
+        ticket_key.clone(),
     ))
     .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
     .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
@@ -251,6 +254,7 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         draining: draining_rx,
         shutdown: shutdown.clone(),
         registered,
+        ticket_key,
     };
     match meta {
         Some(meta) => {

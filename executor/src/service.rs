@@ -11,6 +11,7 @@ use arrow_flight::{
 };
 use ember_core::job::TaskDefinition;
 use ember_core::metrics::ExecutorCounters;
+use ember_core::shuffle::grant::SharedTicketKey;
 use ember_core::shuffle::{ShuffleStore, ShuffleTicket};
 use ember_core::{EmberError, TaskId};
 use ember_proto::pb;
@@ -94,11 +95,31 @@ impl ExecutorService for ExecutorGrpc {
 pub struct ShuffleFlight {
     store: Arc<ShuffleStore>,
     counters: Arc<ExecutorCounters>,
+    ticket_key: SharedTicketKey,
 }
 
 impl ShuffleFlight {
-    pub fn new(store: Arc<ShuffleStore>, counters: Arc<ExecutorCounters>) -> Self {
-        Self { store, counters }
+    pub fn new(
+        store: Arc<ShuffleStore>,
+        counters: Arc<ExecutorCounters>,
+        ticket_key: SharedTicketKey,
+    ) -> Self {
+        Self {
+            store,
+            counters,
+            ticket_key,
+        }
+    }
+
+    /// Whether `ticket` carries a grant of this cluster's leader for its job and stage.
+    fn check(&self, ticket: &ShuffleTicket) -> Result<(), Status> {
+        let Some(key) = self.ticket_key.get() else {
+            return Err(Status::unavailable(
+                "this executor has not joined the cluster yet",
+            ));
+        };
+        key.verify(&ticket.grant, ticket.scope(), ember_core::unix_ms())
+            .map_err(|why| Status::permission_denied(format!("shuffle data refused: {why}")))
     }
 }
 
@@ -125,6 +146,7 @@ impl FlightService for ShuffleFlight {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = ShuffleTicket::parse(&request.into_inner().ticket).map_err(err)?;
+        self.check(&ticket)?;
         let data = self.store.partition_stream(&ticket).map_err(err)?;
         let counters = Arc::clone(&self.counters);
         let stream = data.map(move |item| {

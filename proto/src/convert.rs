@@ -251,6 +251,7 @@ impl From<&PartitionLocation> for pb::PartitionLocation {
             partition: l.partition,
             rows: l.rows,
             bytes: l.bytes,
+            grant: l.grant.clone(),
         }
     }
 }
@@ -270,6 +271,7 @@ impl TryFrom<pb::PartitionLocation> for PartitionLocation {
             partition: l.partition,
             rows: l.rows,
             bytes: l.bytes,
+            grant: l.grant,
         })
     }
 }
@@ -508,6 +510,7 @@ mod tests {
             partition: 3,
             rows: 4,
             bytes: 5,
+            grant: "7.ab".into(),
         };
         assert_eq!(
             round_trip::<PartitionLocation, pb::PartitionLocation>(&l),

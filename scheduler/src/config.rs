@@ -79,6 +79,15 @@ pub struct SchedulerConfig {
     /// Seconds a leader may go unheard before a standby takes over.
     #[arg(long, env = "EMBER_LEADER_TTL_SECS", default_value_t = 10)]
     pub leader_ttl_secs: u64,
+
+    /// Largest request a client may send, in MiB (a statement, a DataFrame plan, Flight
+    /// parameters); larger ones are refused with `resource exhausted`.
+    #[arg(long, env = "EMBER_MAX_REQUEST_MB", default_value_t = 64)]
+    pub max_request_mb: usize,
+
+    /// How deep and how large a statement may be.
+    #[command(flatten)]
+    pub limits: crate::limits::PlanLimits,
 }
 
 /// The built-in defaults for a scheduler embedded in another program (no `EMBER_*` variable is
@@ -108,6 +117,10 @@ pub enum FlightResults {
 impl SchedulerConfig {
     pub fn executor_timeout(&self) -> Duration {
         Duration::from_secs(self.executor_timeout_secs)
+    }
+
+    pub fn max_request_bytes(&self) -> usize {
+        self.max_request_mb.saturating_mul(1 << 20).max(1 << 20)
     }
 
     pub fn result_ttl(&self) -> Duration {

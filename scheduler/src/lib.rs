@@ -9,6 +9,7 @@ pub mod api;
 pub mod catalog;
 pub mod config;
 pub mod driver;
+pub mod limits;
 pub mod planner;
 pub mod runtime;
 pub mod server;

@@ -76,14 +76,16 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
         role.wait_for(|r| *r != Role::Starting),
     )
     .await;
+    // Clients' requests are bounded; answers (inline results) may be large.
+    let max_request = scheduler.config.max_request_bytes();
     let service = SchedulerServiceServer::new(SchedulerGrpc::new(Arc::clone(&scheduler)))
-        .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
+        .max_decoding_message_size(max_request)
         .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
     let flight = FlightServiceServer::new(FlightSqlFront::new(
         Arc::clone(&scheduler),
         scheduler.config.flight_results,
     ))
-    .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
+    .max_decoding_message_size(max_request)
     .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
@@ -91,6 +93,10 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            // A client that vanished without closing its connection is noticed and dropped.
+            .tcp_keepalive(Some(Duration::from_secs(60)))
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .add_service(service)
             .add_service(flight)
             .serve_with_incoming_shutdown(incoming, token.cancelled_owned()),

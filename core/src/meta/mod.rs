@@ -11,6 +11,7 @@ pub mod conformance;
 mod etcd;
 mod lease;
 mod memory;
+mod secrets;
 
 use std::fmt::Debug;
 
@@ -20,6 +21,7 @@ use futures::stream::BoxStream;
 pub use etcd::EtcdStore;
 pub use lease::{KeptLease, Renewal};
 pub use memory::MemoryStore;
+pub use secrets::{ensure_ticket_key, ticket_key};
 
 use crate::error::Result;
 
@@ -175,6 +177,11 @@ impl Keys {
 
     pub fn script(&self, id: &str) -> String {
         format!("{}/scripts/{id}", self.root)
+    }
+
+    /// The cluster's key for signing shuffle grants (`core::shuffle::grant`).
+    pub fn ticket_key(&self) -> String {
+        format!("{}/secrets/ticket-key", self.root)
     }
 
     /// The shared catalog: one key per schema and per table or view.

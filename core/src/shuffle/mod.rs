@@ -7,6 +7,7 @@
 
 mod flight;
 mod format;
+pub mod grant;
 mod reader;
 mod store;
 mod writer;
@@ -40,16 +41,28 @@ pub struct PartitionLocation {
     pub partition: u32,
     pub rows: u64,
     pub bytes: u64,
+    /// The scheduler's grant to read this stage's output ([`grant`]); empty until the
+    /// leader hands the location to a reader (it is never stored).
+    pub grant: String,
 }
 
 impl PartitionLocation {
-    /// The Flight ticket naming this partition.
+    /// The Flight ticket naming this partition, with the location's grant.
     pub fn ticket(&self) -> ShuffleTicket {
         ShuffleTicket {
             job_id: self.job_id.clone(),
             stage_id: self.stage_id,
             map_partition: self.map_partition,
             partition: self.partition,
+            grant: self.grant.clone(),
+        }
+    }
+
+    /// What a grant for this location must open.
+    pub fn scope(&self) -> grant::Scope<'_> {
+        grant::Scope {
+            job_id: &self.job_id,
+            stage_id: self.stage_id,
         }
     }
 
@@ -82,22 +95,33 @@ impl ShuffleOutput {
     }
 }
 
-/// The Flight ticket of one shuffle partition: `job/stage/map/partition`.
+/// The Flight ticket of one shuffle partition: `job/stage/map/partition/grant`. It names
+/// data and carries the capability to read it; it is never read as a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShuffleTicket {
     pub job_id: String,
     pub stage_id: u32,
     pub map_partition: u32,
     pub partition: u32,
+    /// The scheduler's signed grant for the job's stage (empty: none, refused).
+    pub grant: String,
 }
 
 impl ShuffleTicket {
     pub fn to_bytes(&self) -> Vec<u8> {
         format!(
-            "{}/{}/{}/{}",
-            self.job_id, self.stage_id, self.map_partition, self.partition
+            "{}/{}/{}/{}/{}",
+            self.job_id, self.stage_id, self.map_partition, self.partition, self.grant
         )
         .into_bytes()
+    }
+
+    /// What the ticket's grant must open.
+    pub fn scope(&self) -> grant::Scope<'_> {
+        grant::Scope {
+            job_id: &self.job_id,
+            stage_id: self.stage_id,
+        }
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Self> {
@@ -112,8 +136,13 @@ impl ShuffleTicket {
             stage_id: num()?,
             map_partition: num()?,
             partition: num()?,
+            grant: parts.next().unwrap_or_default().to_string(),
         };
-        if parts.next().is_some() {
+        let job_id_is_a_name = ticket
+            .job_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if parts.next().is_some() || !job_id_is_a_name {
             return Err(bad());
         }
         Ok(ticket)
@@ -164,9 +193,22 @@ mod tests {
             stage_id: 3,
             map_partition: 7,
             partition: 1,
+            grant: "123.abcd".into(),
         };
         assert_eq!(ShuffleTicket::parse(&t.to_bytes()).unwrap(), t);
-        for bad in ["", "abc", "abc/1/2", "abc/1/2/3/4", "abc/x/2/3", "/1/2/3"] {
+        // Without a grant the ticket parses (and is refused when checked, with a reason).
+        let bare = ShuffleTicket::parse(b"abc/3/7/1").unwrap();
+        assert_eq!(bare.grant, "");
+        for bad in [
+            "",
+            "abc",
+            "abc/1/2",
+            "abc/1/2/3/4/5",
+            "abc/x/2/3",
+            "/1/2/3",
+            "../etc/1/2/3",
+            "a.b/1/2/3",
+        ] {
             assert!(ShuffleTicket::parse(bad.as_bytes()).is_err(), "{bad}");
         }
         assert!(ShuffleTicket::parse(&[0xff, 0xfe]).is_err());

@@ -477,6 +477,7 @@ mod tests {
             stage_id: 1,
             map_partition: 0,
             partition,
+            grant: String::new(),
         }
     }
 

@@ -169,10 +169,13 @@ impl SchedulerService for SchedulerGrpc {
         let spec: ExecutorSpec = required(req.executor, "executor")
             .and_then(TryInto::try_into)
             .map_err(err)?;
-        self.scheduler
+        let key = self
+            .scheduler
             .register_executor(spec, req.protocol_version)
             .map_err(err)?;
-        Ok(Response::new(pb::RegisterExecutorResponse {}))
+        Ok(Response::new(pb::RegisterExecutorResponse {
+            ticket_key: key.to_bytes().into(),
+        }))
     }
 
     async fn heartbeat(

@@ -508,6 +508,7 @@ impl Job {
                     partition: p as u32,
                     rows: stat.rows,
                     bytes: stat.bytes,
+                    grant: String::new(),
                 });
             }
         }

@@ -314,6 +314,8 @@ impl Scheduler {
         if let Some(executors) = executors {
             self.dispatch(Event::ExecutorsListed { executors });
         }
+        let key = ember_core::meta::ensure_ticket_key(self.store.as_ref(), &self.keys).await?;
+        self.tickets.set_key(key);
         catalog::restore(self.store.as_ref(), &self.keys, &self.ctx).await?;
         // Everything a client could ask about is read before this scheduler takes requests.
         let jobs =

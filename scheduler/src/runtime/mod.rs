@@ -9,14 +9,16 @@
 
 mod commit;
 pub(crate) mod executors;
+mod isolate;
 pub(crate) mod journal;
 pub(crate) mod leader;
 pub(crate) mod scripts;
 mod submit;
+mod tickets;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use datafusion::physical_plan::ExecutionPlan;
@@ -52,14 +54,13 @@ pub enum Role {
 }
 
 /// Wall-clock milliseconds: the time the driver is told.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use ember_core::unix_ms;
 
-/// Resolves readers and encodes stage plans with datafusion-proto and Ember's codec.
-struct PlanEncoder;
+/// Resolves readers (with grants to read their inputs) and encodes stage plans with
+/// datafusion-proto and Ember's codec.
+struct PlanEncoder {
+    tickets: Arc<tickets::Tickets>,
+}
 
 impl StageEncoder for PlanEncoder {
     fn encode(
@@ -67,7 +68,13 @@ impl StageEncoder for PlanEncoder {
         plan: &Arc<dyn ExecutionPlan>,
         inputs: &dyn Fn(StageId) -> Option<Vec<Vec<PartitionLocation>>>,
     ) -> Result<Bytes> {
-        Ok(ember_proto::encode_plan(resolve_readers(plan, inputs)?)?)
+        let signed = |stage| {
+            inputs(stage).map(|mut parts| {
+                self.tickets.sign(&mut parts);
+                parts
+            })
+        };
+        Ok(ember_proto::encode_plan(resolve_readers(plan, &signed)?)?)
     }
 }
 
@@ -84,12 +91,16 @@ pub struct Scheduler {
     changes: watch::Sender<u64>,
     clients: ExecutorClients,
     tasks: TaskTracker,
+    /// The runtime the scheduler was started in: its background tasks and effects run there
+    /// (not on the planning threads a submission runs on).
+    runtime: tokio::runtime::Handle,
     shutdown: CancellationToken,
     rows_scanned: AtomicU64,
     /// Until when this scheduler's leader lease surely holds (its last renewal plus the TTL):
     /// past it, another scheduler may lead, so this one decides nothing more.
     lease_deadline: Mutex<Option<std::time::Instant>>,
     pub(crate) scripts: scripts::Scripts,
+    pub(crate) tickets: Arc<tickets::Tickets>,
     me: Weak<Scheduler>,
 }
 
@@ -100,6 +111,7 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
+    /// A scheduler on the current tokio runtime (its background work runs there).
     pub fn new(config: SchedulerConfig, store: Arc<dyn MetaStore>) -> Arc<Self> {
         let session = distributed_session_config(SessionConfig::new());
         // No cached file listings: files a write commits (or anyone adds) show at once.
@@ -113,13 +125,16 @@ impl Scheduler {
             .with_cache_manager(caches)
             .build_arc()
             .expect("a runtime without limits builds");
+        let tickets = Arc::new(tickets::Tickets::default());
         let driver = Driver::new(
             DriverConfig {
                 executor_timeout_ms: config.executor_timeout().as_millis() as u64,
                 result_ttl_ms: config.result_ttl().as_millis() as u64,
                 policy: config.scheduling_policy,
             },
-            Arc::new(PlanEncoder),
+            Arc::new(PlanEncoder {
+                tickets: Arc::clone(&tickets),
+            }),
         );
         Arc::new_cyclic(|me| Scheduler {
             keys: Keys::new(&config.cluster.cluster_name),
@@ -133,10 +148,12 @@ impl Scheduler {
             changes: watch::channel(0).0,
             clients: ExecutorClients::default(),
             tasks: TaskTracker::new(),
+            runtime: tokio::runtime::Handle::current(),
             shutdown: CancellationToken::new(),
             rows_scanned: AtomicU64::new(0),
             lease_deadline: Mutex::new(None),
             scripts: Default::default(),
+            tickets,
             me: me.clone(),
         })
     }
@@ -180,7 +197,7 @@ impl Scheduler {
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
-        self.tasks.spawn(task);
+        self.tasks.spawn_on(task, &self.runtime);
     }
 
     pub(crate) fn self_ref(&self) -> Option<Arc<Scheduler>> {
@@ -191,13 +208,12 @@ impl Scheduler {
     /// leadership, and the driver's clock.
     pub fn start_background(self: &Arc<Self>, address: String) {
         if let Some(run) = self.journal.start(Arc::clone(self)) {
-            self.tasks.spawn(run);
+            self.spawn(run);
         }
-        self.tasks
-            .spawn(leader::leadership(Arc::clone(self), address));
+        self.spawn(leader::leadership(Arc::clone(self), address));
         let this = Arc::clone(self);
         let token = self.shutdown.clone();
-        self.tasks.spawn(async move {
+        self.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             loop {
                 tokio::select! {
@@ -277,7 +293,7 @@ impl Scheduler {
                 Effect::Launch { executor, tasks } => self.launch(executor, tasks),
                 Effect::CancelTasks { address, tasks } => {
                     let clients = self.clients.clone();
-                    self.tasks.spawn(async move {
+                    self.spawn(async move {
                         if let Err(e) = clients.cancel(&address, &tasks).await {
                             warn!(%address, error = %e, "cancelling tasks failed");
                         }
@@ -287,7 +303,7 @@ impl Scheduler {
                     for address in addresses {
                         let clients = self.clients.clone();
                         let job = job.clone();
-                        self.tasks.spawn(async move {
+                        self.spawn(async move {
                             if let Err(e) = clients.remove_job_data(&address, &job).await {
                                 warn!(%address, error = %e, "removing job data failed");
                             }
@@ -323,7 +339,7 @@ impl Scheduler {
     fn launch(&self, executor: ExecutorSpec, tasks: Vec<ember_core::job::TaskDefinition>) {
         let clients = self.clients.clone();
         let this = self.self_ref();
-        self.tasks.spawn(async move {
+        self.spawn(async move {
             if let Err(e) = clients.launch(&executor.address, &tasks).await {
                 warn!(executor = %executor.id, error = %e, "launching tasks failed");
                 if let Some(this) = this {
@@ -364,8 +380,11 @@ impl Scheduler {
         }
     }
 
+    /// A job's status; its result's locations carry grants to read them.
     fn status_now(&self, job_id: &JobId) -> Result<JobStatus> {
-        self.read(|d| d.status(job_id, unix_ms()))
+        let mut status = self.read(|d| d.status(job_id, unix_ms()))?;
+        self.tickets.sign(&mut status.result_partitions);
+        Ok(status)
     }
 
     /// Cancels a job; false when it had already ended.
@@ -402,7 +421,13 @@ impl Scheduler {
 
     // ---- executors ------------------------------------------------------------------------
 
-    pub fn register_executor(&self, spec: ExecutorSpec, protocol_version: u32) -> Result<()> {
+    /// Registers an executor; returns the cluster's ticket key, with which it checks the
+    /// grants of the tickets it is asked to serve.
+    pub fn register_executor(
+        &self,
+        spec: ExecutorSpec,
+        protocol_version: u32,
+    ) -> Result<ember_core::shuffle::grant::TicketKey> {
         if protocol_version != ember_core::PROTOCOL_VERSION {
             return Err(EmberError::ProtocolMismatch {
                 executor_id: spec.id.to_string(),
@@ -410,9 +435,13 @@ impl Scheduler {
                 expected: ember_core::PROTOCOL_VERSION,
             });
         }
+        let key = self
+            .tickets
+            .key()
+            .ok_or_else(|| EmberError::Unavailable("this scheduler is not leading yet".into()))?;
         info!(executor = %spec.id, address = %spec.address, slots = spec.slots, "executor registered");
         self.dispatch(Event::ExecutorRegistered { spec });
-        Ok(())
+        Ok(key)
     }
 
     /// Returns false when the executor is unknown and must register again.

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use datafusion::arrow::array::{RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::common::ScalarValue;
+use datafusion::execution::SessionState;
 use datafusion::logical_expr::{DdlStatement, LogicalPlan};
 use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
 use datafusion::prelude::SessionContext;
@@ -68,6 +69,20 @@ impl Scheduler {
         settings: Vec<(String, String)>,
         script: Option<String>,
     ) -> Result<JobId> {
+        let this = Arc::clone(self);
+        super::isolate::planned(async move {
+            this.plan_and_submit(job_id, query, settings, script).await
+        })
+        .await
+    }
+
+    async fn plan_and_submit(
+        self: Arc<Self>,
+        job_id: JobId,
+        query: Query,
+        settings: Vec<(String, String)>,
+        script: Option<String>,
+    ) -> Result<JobId> {
         let start = Instant::now();
         let label = JobLabel::new(script, &query.describe());
         let partitions = self.shuffle_partitions();
@@ -94,6 +109,7 @@ impl Scheduler {
                         .map_err(|e| {
                             EmberError::User(format!("cannot decode logical plan: {e}"))
                         })?;
+                crate::limits::check_logical_plan(&plan, &self.config.limits)?;
                 if let LogicalPlan::Ddl(_) = &plan {
                     return Err(EmberError::User(
                         "send DDL statements as SQL, so that the catalog can keep them".into(),
@@ -221,7 +237,7 @@ impl Scheduler {
         sql: &str,
         params: Option<Vec<ScalarValue>>,
     ) -> Result<Option<LogicalPlan>> {
-        let plan = ctx.state().create_logical_plan(sql).await?;
+        let plan = self.logical_plan(&ctx.state(), sql).await?;
         if let LogicalPlan::Ddl(_) = &plan {
             self.run_ddl(ctx, plan, sql).await?;
             return Ok(None);
@@ -262,8 +278,22 @@ impl Scheduler {
 
     /// Plans a statement without running it: the schema of its result, and of its parameters
     /// (`$1`, `$2`, ... as fields in order; a type not inferable from the query is `Null`).
-    pub async fn prepare(&self, sql: &str) -> Result<(Schema, Schema)> {
-        let plan = self.ctx.state().create_logical_plan(sql).await?;
+    pub async fn prepare(self: &Arc<Self>, sql: &str) -> Result<(Schema, Schema)> {
+        let this = Arc::clone(self);
+        let sql = sql.to_string();
+        super::isolate::planned(async move { this.prepare_here(&sql).await }).await
+    }
+
+    /// Parses `sql`, refuses it when it passes the limits, and plans it.
+    async fn logical_plan(&self, state: &SessionState, sql: &str) -> Result<LogicalPlan> {
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect)?;
+        crate::limits::check_statement(&statement, &self.config.limits)?;
+        Ok(state.statement_to_plan(statement).await?)
+    }
+
+    async fn prepare_here(&self, sql: &str) -> Result<(Schema, Schema)> {
+        let plan = self.logical_plan(&self.ctx.state(), sql).await?;
         let result = plan.schema().as_arrow().clone();
         let types = plan.get_parameter_types()?;
         let mut params: Vec<(usize, DataType)> = Vec::new();
