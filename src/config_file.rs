@@ -123,8 +123,20 @@ fn value_texts(key: &str, value: &toml::Value) -> Result<Vec<String>> {
 /// `--config` or `EMBER_CONFIG` supplies defaults for the options flags and variables leave
 /// unset. Help, version and usage errors exit as clap does.
 pub fn parse(args: Vec<OsString>) -> Result<Cli> {
+    let matches = command_with_file(&args)?.get_matches_from(args);
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// Like [`parse`], but a usage error comes back as an error instead of ending the process.
+pub fn try_parse(args: Vec<OsString>) -> Result<Cli> {
+    let matches = command_with_file(&args)?.try_get_matches_from(args)?;
+    Ok(Cli::from_arg_matches(&matches)?)
+}
+
+/// The command line's definition, with the config file's values as the defaults.
+fn command_with_file(args: &[OsString]) -> Result<Command> {
     let mut command = Cli::command();
-    for setting in file_settings(&args)? {
+    for setting in file_settings(args)? {
         // Read once at start-up and kept for the process's life.
         let values: Vec<&'static str> = setting
             .values
@@ -133,8 +145,7 @@ pub fn parse(args: Vec<OsString>) -> Result<Cli> {
             .collect();
         command = with_default(command, &setting.command, &setting.id, values);
     }
-    let matches = command.get_matches_from(args);
-    Ok(Cli::from_arg_matches(&matches)?)
+    Ok(command)
 }
 
 /// One setting of the config file, for the option that takes it.

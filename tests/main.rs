@@ -12,6 +12,7 @@ mod distribution;
 mod errors;
 mod failover;
 mod flight_sql;
+mod fuzz;
 mod hostile;
 mod k8s;
 mod memory;
