@@ -134,29 +134,22 @@ async fn executors_serve_shuffle_data_only_for_a_granted_ticket() {
         ))
         .await
         .unwrap();
-    let finished = |sql: &'static str| {
+    // The first result location of a query, as the scheduler hands it out (with its grant).
+    let located = |sql: &'static str| {
         let client = &client;
         async move {
             let job = client.submit(sql).await.unwrap();
-            client.wait(&job, |_| {}).await.unwrap()
+            let status = client.wait(&job, |_| {}).await.unwrap();
+            status
+                .result_partitions
+                .into_iter()
+                .flatten()
+                .next()
+                .expect("a result partition")
         }
     };
-    let first = finished("SELECT b, count(*) AS n FROM nums GROUP BY b").await;
-    let second = finished("SELECT b, sum(a) AS s FROM nums GROUP BY b").await;
-    let granted = first
-        .result_partitions
-        .iter()
-        .flatten()
-        .next()
-        .expect("a result partition")
-        .clone();
-    let other = second
-        .result_partitions
-        .iter()
-        .flatten()
-        .next()
-        .expect("a result partition")
-        .clone();
+    let granted = located("SELECT b, count(*) AS n FROM nums GROUP BY b").await;
+    let other = located("SELECT b, sum(a) AS s FROM nums GROUP BY b").await;
     let mut executor = flight_client(&granted.address).await;
     let mut get = async |ticket: ShuffleTicket| -> Result<usize, tonic::Status> {
         let mut stream = executor

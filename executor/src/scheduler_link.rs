@@ -284,7 +284,7 @@ where
     loop {
         let lease = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
-            r = register_lease(store.as_ref(), &keys, &spec, ttl_secs, drain_now(&draining)) => r,
+            r = register_lease(store.as_ref(), &keys, &spec, ttl_secs, drain_now(&draining), &ticket_key) => r,
         };
         let lease = match lease {
             Ok(lease) => lease,
@@ -325,14 +325,6 @@ where
             }
             if Instant::now() >= next_beat {
                 next_beat = Instant::now() + interval;
-                // The first leader makes the cluster's ticket key: read it until it is there.
-                if !ticket_key.is_known() {
-                    match ember_core::meta::ticket_key(store.as_ref(), &keys).await {
-                        Ok(Some(key)) => ticket_key.set(key),
-                        Ok(None) => {}
-                        Err(e) => warn!(error = %e, "reading the cluster's ticket key failed"),
-                    }
-                }
                 // Metrics only: liveness is the lease. An unreachable leader is re-resolved.
                 let drain = *draining.borrow();
                 let _ = link.heartbeat(&spec, &metrics(), drain).await;
@@ -369,6 +361,7 @@ async fn register_lease(
     spec: &ExecutorSpec,
     ttl_secs: u64,
     draining: bool,
+    ticket_key: &SharedTicketKey,
 ) -> Result<LeaseId> {
     if let Some(leader) = leader_record(store, keys).await?
         && leader.protocol_version != ember_core::PROTOCOL_VERSION
@@ -379,6 +372,16 @@ async fn register_lease(
             expected: leader.protocol_version,
         });
     }
+    // Known to the leader means asked for shuffle data: learn the key first (the first
+    // leader makes it).
+    let key = ember_core::meta::ticket_key(store, keys)
+        .await?
+        .ok_or_else(|| {
+            EmberError::Unavailable(
+                "the cluster has no ticket key yet: waiting for a leader".into(),
+            )
+        })?;
+    ticket_key.set(key);
     let lease = store.grant_lease(ttl_secs.max(1) as i64).await?;
     put_record(store, keys, spec, draining, lease).await?;
     Ok(lease)

@@ -134,9 +134,14 @@ impl Visitor for Walk {
 
     fn pre_visit_query(&mut self, query: &ast::Query) -> ControlFlow<EmberError> {
         // A chain of set operations (`SELECT .. UNION ALL SELECT ..`) nests without passing a
-        // hook of the visitor: count it here, without recursion, before the visitor descends.
-        self.count(set_operations(&query.body))?;
-        self.enter()
+        // hook of the visitor, and DataFusion plans it by recursion: measure it here, without
+        // recursion, before the visitor descends; its depth counts like an expression's.
+        let (count, depth) = set_operations(&query.body);
+        self.count(count)?;
+        self.depth += depth;
+        self.enter()?;
+        self.depth -= depth;
+        ControlFlow::Continue(())
     }
 
     fn post_visit_query(&mut self, _: &ast::Query) -> ControlFlow<EmberError> {
@@ -158,19 +163,21 @@ impl Visitor for Walk {
     }
 }
 
-/// Set operations in one query body, counted with a stack of our own (no recursion); nested
-/// queries are not entered (the visitor counts them when it gets there).
-fn set_operations(body: &SetExpr) -> usize {
-    let mut count = 0usize;
-    let mut pending = vec![body];
-    while let Some(next) = pending.pop() {
+/// Set operations in one query body and how deep they nest, measured with a stack of our own
+/// (no recursion); nested queries are not entered (the visitor measures them when it gets
+/// there).
+fn set_operations(body: &SetExpr) -> (usize, usize) {
+    let (mut count, mut deepest) = (0usize, 0usize);
+    let mut pending = vec![(body, 0usize)];
+    while let Some((next, depth)) = pending.pop() {
         if let SetExpr::SetOperation { left, right, .. } = next {
             count += 1;
-            pending.push(left);
-            pending.push(right);
+            deepest = deepest.max(depth + 1);
+            pending.push((left, depth + 1));
+            pending.push((right, depth + 1));
         }
     }
-    count
+    (count, deepest)
 }
 
 struct PlanWalk<'a> {
@@ -192,17 +199,24 @@ impl<'n> TreeNodeVisitor<'n> for PlanWalk<'_> {
         if let ControlFlow::Break(e) = self.walk.enter() {
             return Ok(self.stop(e));
         }
-        for expr in plan.expressions() {
+        // The plan's own expressions, walked in place (copying a deep one would recurse).
+        let mut error = None;
+        let _ = plan.apply_expressions(|expr| {
             let mut exprs = ExprWalk {
                 walk: self.walk,
                 error: None,
             };
             let _ = expr.visit(&mut exprs);
-            if let Some(e) = exprs.error {
-                return Ok(self.stop(e));
-            }
+            error = exprs.error;
+            Ok(match error {
+                Some(_) => TreeNodeRecursion::Stop,
+                None => TreeNodeRecursion::Continue,
+            })
+        });
+        match error {
+            Some(e) => Ok(self.stop(e)),
+            None => Ok(TreeNodeRecursion::Continue),
         }
-        Ok(TreeNodeRecursion::Continue)
     }
 
     fn f_up(&mut self, _: &'n LogicalPlan) -> datafusion::common::Result<TreeNodeRecursion> {
@@ -268,10 +282,18 @@ mod tests {
             ),
             (
                 vec!["SELECT 1"; 300].join(" UNION ALL "),
-                10,
+                1000,
                 100,
                 Some("more than 100"),
             ),
+            // A long chain of set operations is as deep as it is long.
+            (
+                vec!["SELECT 1"; 300].join(" UNION ALL "),
+                100,
+                100_000,
+                Some("levels deep"),
+            ),
+            (vec!["SELECT 1"; 30].join(" UNION ALL "), 100, 1000, None),
             (
                 format!("EXPLAIN {}", sum(50)),
                 20,

@@ -18,7 +18,13 @@ fn planning_runtime() -> &'static Runtime {
     RUNTIME.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .thread_name("ember-planner")
-            .worker_threads(2)
+            // As many as the machine has cores (at least two): statements that run on the
+            // scheduler (DDL, queries reading no files) do not hold up everyone's planning.
+            .worker_threads(
+                std::thread::available_parallelism()
+                    .map_or(2, |n| n.get())
+                    .max(2),
+            )
             .thread_stack_size(PLANNING_STACK_BYTES)
             .enable_all()
             .build()
@@ -27,16 +33,15 @@ fn planning_runtime() -> &'static Runtime {
 }
 
 /// Runs `planning` on a planning thread and returns what it returned; a panic becomes an
-/// internal error of this statement. Dropping the returned future (a client gone) stops it.
+/// internal error of this statement. Dropping the returned future (a client gone) does not
+/// stop it: a submission is recorded and handed to the driver whole, or not at all (a job
+/// recorded but never dispatched would wait for the next leader).
 pub(crate) async fn planned<T, F>(planning: F) -> Result<T>
 where
     F: Future<Output = Result<T>> + Send + 'static,
     T: Send + 'static,
 {
-    let task = planning_runtime().spawn(planning);
-    let abort = task.abort_handle();
-    let _stop_when_dropped = scopeguard(move || abort.abort());
-    match task.await {
+    match planning_runtime().spawn(planning).await {
         Ok(result) => result,
         Err(e) if e.is_panic() => {
             let message = ember_core::error::panic_message(e.into_panic().as_ref());
@@ -48,18 +53,6 @@ where
         }
         Err(_) => Err(EmberError::Cancelled),
     }
-}
-
-struct Guard<F: FnMut()>(F);
-
-impl<F: FnMut()> Drop for Guard<F> {
-    fn drop(&mut self) {
-        (self.0)()
-    }
-}
-
-fn scopeguard<F: FnMut()>(f: F) -> Guard<F> {
-    Guard(f)
 }
 
 #[cfg(test)]

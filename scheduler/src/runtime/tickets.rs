@@ -1,6 +1,7 @@
 //! Grants on shuffle data: the leader signs every location it hands out — to a reading task
 //! (in its resolved plan) or to a client (in a job's result) — for that job's stage.
 
+use std::collections::HashMap;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -9,8 +10,9 @@ use ember_core::shuffle::grant::TicketKey;
 
 use super::unix_ms;
 
-/// How long a grant stays valid after it was issued: longer than any job is expected to
-/// read an earlier stage's output (a retried reader gets a fresh grant).
+/// How long a grant stays valid after it was issued: longer than any stage is expected to
+/// run (a stage's plan is encoded, and its inputs' grants issued, when the stage starts; its
+/// retried tasks reuse them).
 pub(crate) const GRANT_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// The cluster's ticket key, once the leader has read or made it.
@@ -36,8 +38,13 @@ impl Tickets {
             return;
         };
         let expires = unix_ms() + GRANT_TTL.as_millis() as u64;
+        // One grant per stage, not per location: a stage of m maps × n partitions has m·n.
+        let mut grants: HashMap<(String, u32), String> = HashMap::new();
         for location in parts.iter_mut().flatten() {
-            location.grant = key.grant(location.scope(), expires);
+            location.grant = grants
+                .entry((location.job_id.clone(), location.stage_id))
+                .or_insert_with(|| key.grant(location.scope(), expires))
+                .clone();
         }
     }
 }
