@@ -104,6 +104,7 @@ impl Scheduler {
             Query::Sql(sql) => self.plan_sql(&ctx, &sql, None).await?,
             Query::Prepared { sql, params } => self.plan_sql(&ctx, &sql, Some(params)).await?,
             Query::LogicalPlan(bytes) => {
+                crate::limits::check_plan_bytes(&bytes, &self.config.limits)?;
                 let plan =
                     datafusion_proto::bytes::logical_plan_from_bytes(&bytes, &ctx.task_ctx())
                         .map_err(|e| {
