@@ -132,8 +132,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Lowercase hex only: one spelling per grant (the fuzzer found `E` for `e` accepted).
 fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) || !text.is_ascii() {
+    let canonical = text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !text.len().is_multiple_of(2) || !canonical {
         return None;
     }
     (0..text.len())
@@ -183,6 +187,8 @@ mod tests {
             ("1000.zz".to_string(), JOB, GrantError::Malformed),
             ("x.00".to_string(), JOB, GrantError::Malformed),
             ("1000.é0".to_string(), JOB, GrantError::Malformed),
+            // Found by tests/fuzz.rs: the same MAC spelt in uppercase hex.
+            (grant.to_uppercase(), JOB, GrantError::Malformed),
         ];
         for (grant, scope, expected) in cases {
             assert_eq!(key.verify(&grant, scope, 0), Err(expected), "{grant}");
