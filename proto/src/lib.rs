@@ -6,6 +6,7 @@ pub mod codec;
 pub mod convert;
 pub mod records;
 pub mod status;
+pub mod wire;
 
 /// Generated prost/tonic code. Outside this crate, use it only in service modules.
 #[allow(clippy::all)]

@@ -87,12 +87,10 @@ pub fn check_logical_plan(plan: &LogicalPlan, limits: &PlanLimits) -> Result<(),
 /// refuses more), but a chain `a + b + c + …` travels as one message listing its operands
 /// (`BinaryExprNode { repeated operands = 1; string op = 3 }`) and decodes to a tree as deep
 /// as the list is long — which DataFusion then builds and walks at a cost growing with the
-/// square of its depth, and which could overflow any stack. This reads the protobuf wire
-/// format without the schema: every length-delimited field that parses as a message is
-/// entered, and a message with several field-1 messages and an operator name in field 3
-/// counts as a chain of that many operands.
+/// square of its depth, and which could overflow any stack. The chains are measured on the
+/// wire, without decoding (`ember_proto::wire::operand_chain_depth`).
 pub fn check_plan_bytes(bytes: &[u8], limits: &PlanLimits) -> Result<(), EmberError> {
-    let depth = wire::chain_depth(bytes, 0).unwrap_or(0);
+    let depth = ember_proto::wire::operand_chain_depth(bytes);
     if depth > limits.max_expression_depth {
         return Err(EmberError::User(format!(
             "the plan nests expressions more than {} levels deep; build it with less nesting, \
@@ -101,97 +99,6 @@ pub fn check_plan_bytes(bytes: &[u8], limits: &PlanLimits) -> Result<(), EmberEr
         )));
     }
     Ok(())
-}
-
-mod wire {
-    /// prost refuses messages nested deeper than this; nothing deeper needs measuring.
-    const MAX_NESTING: usize = 100;
-
-    /// How deep the chains of operands along any path of this message add up to; `None`
-    /// when `bytes` is not a protobuf message.
-    pub(super) fn chain_depth(bytes: &[u8], nesting: usize) -> Option<usize> {
-        let fields = fields(bytes)?;
-        if nesting >= MAX_NESTING {
-            return Some(0);
-        }
-        let mut deepest = 0;
-        let mut operands = 0usize;
-        let mut operator = false;
-        for (number, payload) in fields {
-            let Some(payload) = payload else { continue };
-            if number == 3 && is_operator_name(payload) {
-                operator = true;
-            }
-            if let Some(inner) = chain_depth(payload, nesting + 1) {
-                deepest = deepest.max(inner);
-                if number == 1 {
-                    operands += 1;
-                }
-            }
-        }
-        let chain = if operator {
-            operands.saturating_sub(1)
-        } else {
-            0
-        };
-        Some(deepest + chain)
-    }
-
-    fn is_operator_name(payload: &[u8]) -> bool {
-        (2..=32).contains(&payload.len())
-            && payload[0].is_ascii_uppercase()
-            && payload.iter().all(u8::is_ascii_alphabetic)
-    }
-
-    /// A field's number, and its payload when it is length-delimited.
-    type Field<'a> = (u64, Option<&'a [u8]>);
-
-    /// The fields of a message; `None` when the bytes are not a well-formed message.
-    fn fields(mut bytes: &[u8]) -> Option<Vec<Field<'_>>> {
-        let mut out = Vec::new();
-        while !bytes.is_empty() {
-            let key = varint(&mut bytes)?;
-            let number = key >> 3;
-            if number == 0 {
-                return None;
-            }
-            match key & 7 {
-                0 => {
-                    varint(&mut bytes)?;
-                    out.push((number, None));
-                }
-                1 => {
-                    bytes = bytes.get(8..)?;
-                    out.push((number, None));
-                }
-                2 => {
-                    let len = usize::try_from(varint(&mut bytes)?).ok()?;
-                    let payload = bytes.get(..len)?;
-                    bytes = &bytes[len..];
-                    out.push((number, Some(payload)));
-                }
-                5 => {
-                    bytes = bytes.get(4..)?;
-                    out.push((number, None));
-                }
-                _ => return None,
-            }
-        }
-        Some(out)
-    }
-
-    fn varint(bytes: &mut &[u8]) -> Option<u64> {
-        let mut value = 0u64;
-        for shift in (0..64).step_by(7) {
-            let (&byte, rest) = bytes.split_first()?;
-            *bytes = rest;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                return Some(value);
-            }
-        }
-        None
-    }
 }
 
 /// Depth and node counts, shared by both walks.

@@ -42,10 +42,6 @@ impl SharedTicketKey {
     pub fn get(&self) -> Option<TicketKey> {
         self.0.read().clone()
     }
-
-    pub fn is_known(&self) -> bool {
-        self.0.read().is_some()
-    }
 }
 
 /// What a ticket's grant opens.
@@ -89,7 +85,7 @@ impl TicketKey {
     /// A grant for `scope` until `expires_ms` (Unix milliseconds): `{expires}.{hex mac}`.
     pub fn grant(&self, scope: Scope<'_>, expires_ms: u64) -> String {
         let tag = hmac::sign(&self.key, &signed_text(scope, expires_ms));
-        format!("{expires_ms}.{}", hex(tag.as_ref()))
+        format!("{expires_ms}.{}", hex::encode(tag.as_ref()))
     }
 
     /// Whether `grant` opens `scope` at `now_ms`; the error says why not.
@@ -128,22 +124,12 @@ fn signed_text(scope: Scope<'_>, expires_ms: u64) -> Vec<u8> {
     .into_bytes()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Lowercase hex only: one spelling per grant (the fuzzer found `E` for `e` accepted).
 fn unhex(text: &str) -> Option<Vec<u8>> {
     let canonical = text
         .bytes()
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if !text.len().is_multiple_of(2) || !canonical {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
+    canonical.then(|| hex::decode(text).ok()).flatten()
 }
 
 #[cfg(test)]
