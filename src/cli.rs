@@ -226,6 +226,10 @@ pub struct StandaloneArgs {
         default_value = ember_scheduler::config::DEFAULT_HTTP_BIND
     )]
     pub http_bind: String,
+
+    /// Where SQL may read and write files.
+    #[command(flatten)]
+    pub confinement: ember_scheduler::confine::Confinement,
 }
 
 #[derive(Debug, Args)]

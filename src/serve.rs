@@ -76,6 +76,7 @@ pub async fn executor(config: ExecutorConfig, format: LogFormat) -> Result<()> {
 pub async fn standalone(args: StandaloneArgs, format: LogFormat) -> Result<()> {
     let scheduler = SchedulerConfig {
         http_bind: args.http_bind.clone(),
+        confinement: args.confinement.clone(),
         ..SchedulerConfig::default()
     };
     let cluster =

@@ -144,6 +144,10 @@ fn standalone_serves_a_cluster_in_one_process() {
                 "--port-file",
             ])
             .arg(&port_file)
+            .env(
+                "EMBER_ALLOWED_LOCATIONS",
+                crate::support::allowed_locations(),
+            )
             // The embedded executors' folders go into the test's folder: killed, the process
             // cannot remove them.
             .env("TMPDIR", dir.path()),
@@ -375,6 +379,10 @@ fn a_config_file_configures_a_process_and_logs_can_be_json() {
         Command::new(ember_bin())
             .args(["scheduler", "--config"])
             .arg(&config)
+            .env(
+                "EMBER_ALLOWED_LOCATIONS",
+                crate::support::allowed_locations(),
+            )
             .stderr(std::fs::File::create(&log).unwrap()),
     );
     let port = wait_for_port(&port_file, &mut scheduler.0);

@@ -236,6 +236,10 @@ impl EtcdCluster {
                     vec![]
                 })
                 .env("EMBER_LOG", "info")
+                .env(
+                    "EMBER_ALLOWED_LOCATIONS",
+                    crate::support::allowed_locations(),
+                )
                 .stdout(Stdio::null())
                 .stderr(log),
         );

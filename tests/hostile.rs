@@ -236,3 +236,83 @@ async fn flight_client(address: &str) -> FlightServiceClient<tonic::transport::C
         .unwrap();
     FlightServiceClient::new(channel)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sql_reads_and_writes_only_under_the_allowed_locations() {
+    let allowed = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let cluster = ProcessCluster::start_with_env(
+        1,
+        2,
+        &[(
+            "EMBER_ALLOWED_LOCATIONS",
+            &allowed.path().display().to_string(),
+        )],
+    )
+    .await;
+    let client = cluster.client().await;
+    for dir in [allowed.path(), outside.path()] {
+        std::fs::write(dir.join("t.csv"), "a\n1\n2\n").unwrap();
+    }
+    let create = |name: &str, location: String| {
+        format!(
+            "CREATE EXTERNAL TABLE {name} (a INT) STORED AS CSV LOCATION '{location}' \
+             OPTIONS ('format.has_header' 'true')"
+        )
+    };
+    let inside = allowed.path().display().to_string();
+    let escape = format!(
+        "{inside}/../{}/t.csv",
+        outside.path().file_name().unwrap().to_string_lossy()
+    );
+    let refused = [
+        create("passwd", "/etc/passwd".into()),
+        create("escape", escape),
+        create("other", format!("{}/t.csv", outside.path().display())),
+        format!(
+            "COPY (SELECT 1 AS a) TO '{}/out.csv'",
+            outside.path().display()
+        ),
+    ];
+    for sql in &refused {
+        let error = client.sql(sql).await.expect_err(sql).to_string();
+        assert!(error.contains("--allowed-locations"), "{sql}: {error}");
+    }
+    assert!(
+        !outside.path().join("out.csv").exists(),
+        "nothing was written"
+    );
+
+    // A DataFrame plan scanning a file outside is refused the same way.
+    let ctx = datafusion::prelude::SessionContext::new();
+    ctx.register_csv(
+        "t",
+        &outside.path().join("t.csv").display().to_string(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let plan = ctx.table("t").await.unwrap().into_unoptimized_plan();
+    let bytes = datafusion_proto::bytes::logical_plan_to_bytes(&plan).unwrap();
+    let error = client
+        .submit_plan_bytes(bytes.to_vec())
+        .await
+        .expect_err("a scan outside");
+    assert!(error.to_string().contains("--allowed-locations"), "{error}");
+
+    // Inside, tables, queries and writes work.
+    client
+        .sql(&create("t", format!("{inside}/t.csv")))
+        .await
+        .unwrap();
+    let sum = client.sql("SELECT sum(a) AS s FROM t").await.unwrap();
+    assert_eq!(
+        crate::support::rows(&sum.batches),
+        vec![vec!["3".to_string()]]
+    );
+    client
+        .sql(&format!("COPY (SELECT a FROM t) TO '{inside}/copy.csv'"))
+        .await
+        .unwrap();
+    assert!(allowed.path().join("copy.csv").exists());
+}

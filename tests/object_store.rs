@@ -153,7 +153,9 @@ async fn an_etl_job_reads_and_writes_partitioned_parquet_on_s3() {
     for table in ["orders", "customer"] {
         upload_table(store.as_ref(), table).await;
     }
-    let env = moto.env();
+    let mut env = moto.env();
+    let allowed = format!("s3://{BUCKET}/,{}", crate::support::allowed_locations());
+    env.push(("EMBER_ALLOWED_LOCATIONS", allowed));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let log_dir = tempfile::tempdir().unwrap();
     let cluster = ProcessCluster::start_with_env_logged(2, 1, &env, log_dir.path()).await;
@@ -292,7 +294,30 @@ async fn an_etl_job_reads_and_writes_partitioned_parquet_on_s3() {
     assert!(client.cancel(&job).await.unwrap());
     wait_no_keys(store.as_ref(), "out/cancelled").await;
 
-    // The credentials stay in the processes: not in EXPLAIN, the catalog, or any log line.
+    // The credentials stay in the processes: not in EXPLAIN, the catalog, errors, job status
+    // and listings, executors' metrics, or any log line.
+    let error = client
+        .sql(&format!(
+            "CREATE EXTERNAL TABLE gone STORED AS PARQUET LOCATION 's3://{BUCKET}/missing.parquet'"
+        ))
+        .await
+        .expect_err("a missing object");
+    assert!(
+        !error.to_string().contains(SECRET),
+        "an error shows the secret"
+    );
+    let status = client
+        .status(&job, std::time::Duration::ZERO)
+        .await
+        .unwrap();
+    let scripts = client.scripts(None).await.unwrap();
+    let (executors, _) = client.executors().await.unwrap();
+    let listed = format!("{status:?} {scripts:?} {executors:?}");
+    assert!(listed.contains("cancel"), "{listed}");
+    assert!(
+        !listed.contains(SECRET),
+        "a status, listing or metric shows the secret"
+    );
     let explain = client
         .sql("EXPLAIN SELECT sum(o_totalprice) FROM s3_orders")
         .await

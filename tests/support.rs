@@ -27,10 +27,24 @@ pub fn tpch_dir_large() -> &'static Path {
     DIR.get_or_init(|| generated(0.5))
 }
 
-fn generated(scale_factor: f64) -> PathBuf {
-    let base = std::env::var_os("EMBER_TEST_DATA_DIR")
+fn test_data_base() -> PathBuf {
+    std::env::var_os("EMBER_TEST_DATA_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("ember-test-data"));
+        .unwrap_or_else(|| std::env::temp_dir().join("ember-test-data"))
+}
+
+/// What the schedulers tests start may read and write (`EMBER_ALLOWED_LOCATIONS`): the
+/// generated test data and the temporary folders tests make.
+pub fn allowed_locations() -> String {
+    format!(
+        "{},{}",
+        test_data_base().display(),
+        std::env::temp_dir().display()
+    )
+}
+
+fn generated(scale_factor: f64) -> PathBuf {
+    let base = test_data_base();
     let dir = base.join(format!("tpch-sf{scale_factor}-v1"));
     ember::tpch::ensure_generated(scale_factor, &dir).expect("generating TPC-H test data");
     dir
@@ -241,6 +255,7 @@ impl ProcessCluster {
             Command::new(ember_bin())
                 .args(["scheduler", "--bind", "127.0.0.1:0", "--port-file"])
                 .arg(&port_file)
+                .env("EMBER_ALLOWED_LOCATIONS", allowed_locations())
                 .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(log("scheduler.log")),

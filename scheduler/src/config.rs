@@ -85,6 +85,10 @@ pub struct SchedulerConfig {
     #[arg(long, env = "EMBER_MAX_REQUEST_MB", default_value_t = 64)]
     pub max_request_mb: usize,
 
+    /// Where SQL may read and write files.
+    #[command(flatten)]
+    pub confinement: crate::confine::Confinement,
+
     /// How deep and how large a statement may be.
     #[command(flatten)]
     pub limits: crate::limits::PlanLimits,
@@ -92,11 +96,14 @@ pub struct SchedulerConfig {
 
 /// The built-in defaults for a scheduler embedded in another program (no `EMBER_*` variable is
 /// read): as on the command line, but without the HTTP endpoint (`ember standalone` sets its
-/// own), so that an embedded cluster never takes a `ember scheduler`'s port on the same host.
+/// own), so that an embedded cluster never takes a `ember scheduler`'s port on the same host,
+/// and with SQL reaching any location (`ember standalone` confines its own).
 impl Default for SchedulerConfig {
     fn default() -> Self {
         let mut config: SchedulerConfig = ember_core::options::built_in_defaults();
         config.http_bind = "off".into();
+        // In the user's own process, SQL reaches what the user can.
+        config.confinement.allowed_locations = crate::confine::AllowedLocations::Anywhere;
         config
     }
 }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod catalog;
 pub mod config;
+pub mod confine;
 pub mod driver;
 pub mod limits;
 pub mod planner;

@@ -111,6 +111,7 @@ impl Scheduler {
                             EmberError::User(format!("cannot decode logical plan: {e}"))
                         })?;
                 crate::limits::check_logical_plan(&plan, &self.config.limits)?;
+                self.allowed().check_plan(&plan)?;
                 if let LogicalPlan::Ddl(_) = &plan {
                     return Err(EmberError::User(
                         "send DDL statements as SQL, so that the catalog can keep them".into(),
@@ -239,6 +240,7 @@ impl Scheduler {
         params: Option<Vec<ScalarValue>>,
     ) -> Result<Option<LogicalPlan>> {
         let plan = self.logical_plan(&ctx.state(), sql).await?;
+        self.allowed().check_plan(&plan)?;
         if let LogicalPlan::Ddl(_) = &plan {
             self.run_ddl(ctx, plan, sql).await?;
             return Ok(None);
@@ -315,6 +317,11 @@ impl Scheduler {
             .map(|(i, t)| Field::new(format!("${i}"), t, true))
             .collect();
         Ok((result, Schema::new(fields)))
+    }
+
+    /// Where this scheduler's SQL may read and write.
+    fn allowed(&self) -> &crate::confine::AllowedLocations {
+        &self.config.confinement.allowed_locations
     }
 
     /// The session every statement plans in: its catalog is the cluster's tables.
