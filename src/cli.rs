@@ -50,6 +50,19 @@ pub enum Command {
     Jobs(JobsArgs),
     /// Exit 0 when a local Ember process answers /healthz (a container's healthcheck).
     Probe(ProbeArgs),
+    /// Create a cluster CA and a certificate per role (for development and the compose stack).
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Folder to write ca.pem, ca.key and {scheduler,executor,client}.pem/.key into.
+    #[arg(long)]
+    pub out: PathBuf,
+
+    /// Host names and IP addresses the certificates are valid for, comma-separated.
+    #[arg(long, default_value = "localhost,127.0.0.1")]
+    pub hosts: String,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! The `ember` command: subcommands over the Ember libraries, plus TPC-H data and queries.
 
 pub mod bench;
+pub mod certs;
 pub mod cli;
 pub mod config_file;
 pub mod jobs;
@@ -41,6 +42,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Submit(args) => jobs::submit(args).await,
             Command::Jobs(args) => jobs::jobs(args).await,
             Command::Probe(args) => probe(&args),
+            Command::Certs(args) => certs::run(&args),
         }
     });
     match result {

@@ -21,5 +21,6 @@ mod ops;
 mod plan_snapshots;
 mod planner_traps;
 mod slt;
+mod tls;
 mod tpch;
 mod writes;

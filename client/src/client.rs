@@ -110,7 +110,7 @@ impl EmberClient {
                         fetcher: Arc::new(FlightFetcher::new()),
                     });
                 }
-                Err(e) => errors.push(format!("{url}: {e}")),
+                Err(e) => errors.push(format!("{url}: {}", ember_core::net::describe(&e))),
             }
         }
         Err(EmberError::Unavailable(format!(
@@ -122,6 +122,7 @@ impl EmberClient {
     /// Connects to the cluster `address` names (its schedulers, or etcd); `None` when it
     /// names neither.
     pub async fn connect_to(address: &ember_core::options::ClusterAddress) -> Result<Option<Self>> {
+        address.connection.tls.install()?;
         Ok(match (&address.scheduler, &address.connection.etcd) {
             (Some(urls), _) => Some(Self::connect(urls).await?),
             (None, Some(etcd)) => {

@@ -71,6 +71,7 @@ impl EmbeddedCluster {
                     connection: ember_core::options::ClusterConnection {
                         etcd: None,
                         cluster_name: "default".into(),
+                        tls: Default::default(),
                     },
                 },
                 bind: "127.0.0.1:0".into(),

@@ -15,6 +15,7 @@ pub mod records;
 pub mod retry;
 pub mod session;
 pub mod shuffle;
+pub mod tls;
 pub mod write;
 
 pub use error::{EmberError, Result};

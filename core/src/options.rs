@@ -16,6 +16,10 @@ pub struct ClusterConnection {
     /// Name of the cluster: its keys live under `/ember/NAME` in etcd.
     #[arg(long, env = "EMBER_CLUSTER_NAME", default_value = "default")]
     pub cluster_name: String,
+
+    /// TLS for the ports a process serves and the peers it dials.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsOptions,
 }
 
 /// How a client or an executor reaches a cluster: its schedulers' URLs, or etcd (which names

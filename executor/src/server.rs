@@ -102,6 +102,9 @@ impl ExecutorHandle {
 
 /// Binds `config.bind`, serves tasks and shuffle data, and joins the scheduler.
 pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
+    // TLS first: everything this process dials from here on uses it.
+    config.cluster.connection.tls.install()?;
+    let server_tls = config.cluster.connection.tls.server()?;
     let listener = TcpListener::bind(&config.bind)
         .await
         .map_err(|e| EmberError::User(format!("cannot listen on {}: {e}", config.bind)))?;
@@ -207,8 +210,14 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
     let incoming = ember_core::net::incoming(listener);
     let token = shutdown.clone();
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(server_tls) = server_tls {
+        builder = builder
+            .tls_config(server_tls)
+            .map_err(|e| EmberError::User(format!("TLS: {e}")))?;
+    }
     tasks.spawn(async move {
-        let served = tonic::transport::Server::builder()
+        let served = builder
             .tcp_nodelay(true)
             .add_service(grpc)
             .add_service(flight)

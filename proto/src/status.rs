@@ -56,6 +56,11 @@ pub fn error_from_status(status: &Status) -> EmberError {
             message
         }),
         (Code::InvalidArgument, _) | (Code::NotFound, _) => EmberError::User(message),
+        // Plain HTTP/2 to a port that speaks TLS only: say what to change.
+        _ if message.contains("h2 protocol error") => EmberError::User(format!(
+            "{message}: the server may speak TLS only; dial https://HOST:PORT with the \
+             cluster's CA (--tls-ca or EMBER_TLS_CA)"
+        )),
         _ => EmberError::Internal(message),
     }
 }

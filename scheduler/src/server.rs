@@ -53,6 +53,9 @@ impl SchedulerHandle {
 
 /// Binds `config.bind` and serves the scheduler until `shutdown`.
 pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
+    // TLS first: everything this process dials from here on uses it.
+    config.cluster.tls.install()?;
+    let server_tls = config.cluster.tls.server()?;
     let listener = TcpListener::bind(&config.bind)
         .await
         .map_err(|e| EmberError::User(format!("cannot listen on {}: {e}", config.bind)))?;
@@ -90,8 +93,14 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let incoming = ember_core::net::incoming(listener);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(server_tls) = server_tls {
+        builder = builder
+            .tls_config(server_tls)
+            .map_err(|e| EmberError::User(format!("TLS: {e}")))?;
+    }
     let server = tokio::spawn(
-        tonic::transport::Server::builder()
+        builder
             .tcp_nodelay(true)
             // A client that vanished without closing its connection is noticed and dropped.
             .tcp_keepalive(Some(Duration::from_secs(60)))

@@ -1,0 +1,119 @@
+//! A cluster of real processes speaking TLS only: certificates from `ember certs`, TPC-H
+//! queries through the CLI over TLS (answers identical to an embedded cluster's, which the TPC-H
+//! suite checks against DataFusion), and refusals for a client without TLS and a client
+//! trusting another CA.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use crate::support::{
+    ChildGuard, allowed_locations, ember_bin, spawn_guarded, tpch_dir, wait_for_port,
+};
+
+fn ember(args: &[&str], env: &[(&str, &Path)]) -> Output {
+    Command::new(ember_bin())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+        .env("EMBER_ALLOWED_LOCATIONS", allowed_locations())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn certs(dir: &Path) {
+    let out = ember(&["certs", "--out", &dir.display().to_string()], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A process of the cluster, serving TLS with `role`'s certificate.
+fn serve(role: &str, args: &[&str], certs: &Path, work: &Path) -> (ChildGuard, u16) {
+    let port_file = work.join(format!("{role}.port"));
+    let mut guard = spawn_guarded(
+        Command::new(ember_bin())
+            .arg(role)
+            .args(args)
+            .args(["--bind", "127.0.0.1:0", "--http-bind", "off", "--port-file"])
+            .arg(&port_file)
+            .env("EMBER_TLS_CERT", certs.join(format!("{role}.pem")))
+            .env("EMBER_TLS_KEY", certs.join(format!("{role}.key")))
+            .env("EMBER_TLS_CA", certs.join("ca.pem"))
+            .env("EMBER_ALLOWED_LOCATIONS", allowed_locations())
+            .stdout(Stdio::null()),
+    );
+    let port = wait_for_port(&port_file, &mut guard.0);
+    (guard, port)
+}
+
+#[test]
+fn a_tls_cluster_answers_tpch_and_refuses_plaintext_and_strangers() {
+    let work = tempfile::tempdir().unwrap();
+    let (ours, theirs) = (work.path().join("certs"), work.path().join("other"));
+    certs(&ours);
+    certs(&theirs);
+    let (_scheduler, port) = serve("scheduler", &[], &ours, work.path());
+    let url = format!("https://127.0.0.1:{port}");
+    let mut executors = Vec::new();
+    for _ in 0..2 {
+        let args = [
+            "--scheduler",
+            &url,
+            "--slots",
+            "2",
+            "--heartbeat-interval-ms",
+            "200",
+        ];
+        executors.push(serve("executor", &args, &ours, work.path()).0);
+    }
+    let ca = ours.join("ca.pem");
+    let tables = tpch_dir().display().to_string();
+    for q in [1, 3, 5] {
+        let sql = ember::tpch::query(q).unwrap();
+        let run = |target: &[&str], env: &[(&str, &Path)]| {
+            let mut args = vec![
+                "sql", "--format", "csv", "--timing", "false", "--tables", &tables,
+            ];
+            args.extend_from_slice(target);
+            args.extend_from_slice(&["-c", sql]);
+            // Executors register within a few heartbeats; the CLI retries while none is there.
+            ember(&args, env)
+        };
+        let over_tls = run(&["--scheduler", &url], &[("EMBER_TLS_CA", &ca)]);
+        let stderr = String::from_utf8_lossy(&over_tls.stderr);
+        assert!(over_tls.status.success(), "q{q} over TLS: {stderr}");
+        let local = run(&["--local"], &[]);
+        assert!(
+            local.status.success(),
+            "{}",
+            String::from_utf8_lossy(&local.stderr)
+        );
+        assert!(over_tls.stdout.len() > 20, "q{q} answered nothing");
+        assert_eq!(
+            String::from_utf8_lossy(&over_tls.stdout),
+            String::from_utf8_lossy(&local.stdout),
+            "q{q}: the TLS cluster's answer differs from an embedded cluster's"
+        );
+    }
+
+    // No TLS, or trust in another CA: refused, with a message that says why.
+    let plain_url = format!("http://127.0.0.1:{port}");
+    let plain = ember(&["sql", "--scheduler", &plain_url, "-c", "SELECT 1"], &[]);
+    assert!(!plain.status.success());
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(stderr.contains("TLS"), "{stderr}");
+    let stranger = ember(
+        &["sql", "--scheduler", &url, "-c", "SELECT 1"],
+        &[("EMBER_TLS_CA", &theirs.join("ca.pem"))],
+    );
+    assert!(!stranger.status.success());
+    let stderr = String::from_utf8_lossy(&stranger.stderr);
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+
+    // Every process is still up.
+    for guard in executors.iter_mut() {
+        assert!(matches!(guard.0.try_wait(), Ok(None)), "an executor died");
+    }
+}
