@@ -3,7 +3,7 @@
 //! trip of a small statement through a cluster.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -96,7 +96,11 @@ async fn tpch_bench(args: TpchBenchArgs) -> Result<()> {
         queries,
         iterations,
         output,
+        tls,
     } = args;
+    if tls && mode != BenchMode::Processes {
+        bail!("--tls needs --mode processes");
+    }
     let queries = if queries.is_empty() {
         (1..=22).collect()
     } else {
@@ -130,7 +134,9 @@ async fn tpch_bench(args: TpchBenchArgs) -> Result<()> {
     }
     let cluster = match mode {
         BenchMode::Local => Cluster::Embedded(EmbeddedCluster::start(executors, 0).await?),
-        BenchMode::Processes => Cluster::Processes(Processes::start(executors, cores).await?),
+        BenchMode::Processes => {
+            Cluster::Processes(Processes::start(executors, cores, &dir, tls).await?)
+        }
     };
     let client = cluster.client().await?;
     for statement in &ddl {
@@ -395,13 +401,46 @@ struct Processes {
 
 impl Processes {
     /// Starts them, the CPU cores shared out among the executors' slots.
-    async fn start(executors: usize, cores: usize) -> Result<Self> {
+    /// SQL may read `data`; with `tls`, every process speaks TLS with certificates made in
+    /// the run's folder, and this process dials them over TLS.
+    async fn start(executors: usize, cores: usize, data: &Path, tls: bool) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the ember binary")?;
         let dir = tempfile::tempdir()?;
         let mut this = Processes {
             url: String::new(),
             children: Vec::new(),
             _dir: dir,
+        };
+        let certs = this._dir.path().join("certs");
+        let mut env: Vec<(&str, std::ffi::OsString)> = vec![(
+            "EMBER_ALLOWED_LOCATIONS",
+            std::path::absolute(data)?.into_os_string(),
+        )];
+        if tls {
+            crate::certs::write_all(&certs, &["127.0.0.1".to_string()])?;
+            env.push(("EMBER_TLS_CA", certs.join("ca.pem").into_os_string()));
+            ember_core::tls::TlsOptions {
+                tls_ca: Some(certs.join("ca.pem")),
+                ..Default::default()
+            }
+            .install()?;
+        }
+        let role_env = |role: &str| -> Vec<(String, std::ffi::OsString)> {
+            let mut all: Vec<(String, std::ffi::OsString)> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect();
+            if tls {
+                all.push((
+                    "EMBER_TLS_CERT".into(),
+                    certs.join(format!("{role}.pem")).into(),
+                ));
+                all.push((
+                    "EMBER_TLS_KEY".into(),
+                    certs.join(format!("{role}.key")).into(),
+                ));
+            }
+            all
         };
         let port_file = this._dir.path().join("scheduler.port");
         let child = Command::new(&exe)
@@ -414,6 +453,7 @@ impl Processes {
             ])
             .arg("--port-file")
             .arg(&port_file)
+            .envs(role_env("scheduler"))
             .stdout(Stdio::null())
             .spawn()
             .context("starting the scheduler")?;
@@ -443,6 +483,7 @@ impl Processes {
                 // executors are killed, so they cannot remove their own).
                 .arg("--work-dir")
                 .arg(this._dir.path())
+                .envs(role_env("executor"))
                 .stdout(Stdio::null())
                 .spawn()
                 .context("starting an executor")?;

@@ -290,6 +290,9 @@ pub struct TpchBenchArgs {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// With `--mode processes`: the cluster speaks TLS (certificates made for the run).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 #[derive(Debug, Args)]
