@@ -56,11 +56,16 @@ pub fn error_from_status(status: &Status) -> EmberError {
             message
         }),
         (Code::InvalidArgument, _) | (Code::NotFound, _) => EmberError::User(message),
-        // Plain HTTP/2 to a port that speaks TLS only: say what to change.
-        _ if message.contains("h2 protocol error") => EmberError::User(format!(
-            "{message}: the server may speak TLS only; dial https://HOST:PORT with the \
-             cluster's CA (--tls-ca or EMBER_TLS_CA)"
-        )),
+        // A connection that broke below gRPC while this process dials without TLS: the
+        // server may speak TLS only (plain HTTP/2 to it fails one of these two ways).
+        _ if !ember_core::tls::dials_tls()
+            && (message.contains("h2 protocol error") || message.contains("transport error")) =>
+        {
+            EmberError::Internal(format!(
+                "{message} (if the server speaks TLS only, dial https://HOST:PORT with the \
+                 cluster's CA: --tls-ca or EMBER_TLS_CA)"
+            ))
+        }
         _ => EmberError::Internal(message),
     }
 }
