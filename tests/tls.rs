@@ -6,6 +6,12 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+use ember_proto::pb;
+use ember_proto::pb::executor_service_client::ExecutorServiceClient;
+use ember_proto::pb::scheduler_service_client::SchedulerServiceClient;
+use tonic::Code;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
 use crate::support::{
     ChildGuard, allowed_locations, ember_bin, spawn_guarded, tpch_dir, wait_for_port,
 };
@@ -57,6 +63,7 @@ fn a_tls_cluster_answers_tpch_and_refuses_plaintext_and_strangers() {
     let (_scheduler, port) = serve("scheduler", &[], &ours, work.path());
     let url = format!("https://127.0.0.1:{port}");
     let mut executors = Vec::new();
+    let mut executor_ports = Vec::new();
     for _ in 0..2 {
         let args = [
             "--scheduler",
@@ -66,7 +73,9 @@ fn a_tls_cluster_answers_tpch_and_refuses_plaintext_and_strangers() {
             "--heartbeat-interval-ms",
             "200",
         ];
-        executors.push(serve("executor", &args, &ours, work.path()).0);
+        let (guard, port) = serve("executor", &args, &ours, work.path());
+        executors.push(guard);
+        executor_ports.push(port);
     }
     let ca = ours.join("ca.pem");
     let tables = tpch_dir().display().to_string();
@@ -112,8 +121,51 @@ fn a_tls_cluster_answers_tpch_and_refuses_plaintext_and_strangers() {
     let stderr = String::from_utf8_lossy(&stranger.stderr);
     assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
 
+    // Mutual TLS: cluster calls need the right role's certificate. A client certificate, or
+    // none, cannot launch or free work on an executor, nor register as an executor.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        for identity in [None, Some("client")] {
+            let expected = if identity.is_some() {
+                Code::PermissionDenied
+            } else {
+                Code::Unauthenticated
+            };
+            let executor = channel(executor_ports[0], &ours, identity).await;
+            let status = ExecutorServiceClient::new(executor)
+                .remove_job_data(pb::RemoveJobDataRequest::default())
+                .await
+                .expect_err("not the scheduler");
+            assert_eq!(status.code(), expected, "{identity:?}: {status}");
+            let scheduler = channel(port, &ours, identity).await;
+            let status = SchedulerServiceClient::new(scheduler)
+                .register_executor(pb::RegisterExecutorRequest::default())
+                .await
+                .expect_err("not an executor");
+            assert_eq!(status.code(), expected, "{identity:?}: {status}");
+        }
+    });
+
     // Every process is still up.
     for guard in executors.iter_mut() {
         assert!(matches!(guard.0.try_wait(), Ok(None)), "an executor died");
     }
+}
+
+/// A TLS channel to a port on loopback, trusting `certs`' CA, presenting `role`'s certificate.
+async fn channel(port: u16, certs: &Path, role: Option<&str>) -> Channel {
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    if let Some(role) = role {
+        let cert = std::fs::read(certs.join(format!("{role}.pem"))).unwrap();
+        let key = std::fs::read(certs.join(format!("{role}.key"))).unwrap();
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
 }

@@ -37,13 +37,32 @@ fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
 }
 
 impl TlsOptions {
-    /// What the ports this process serves use, when a certificate is given.
+    /// What the ports this process serves use, when a certificate is given. With a CA too,
+    /// peers may present a certificate it signed (mutual TLS), whose role cluster calls
+    /// require ([`require_role`]); clients without one still reach what grants or tokens
+    /// guard.
     pub fn server(&self) -> Result<Option<ServerTlsConfig>> {
+        let Some(identity) = self.identity()? else {
+            return Ok(None);
+        };
+        let mut config = ServerTlsConfig::new().identity(identity);
+        if let Some(ca) = &self.tls_ca {
+            config = config
+                .client_ca_root(Certificate::from_pem(read(ca, "CA")?))
+                .client_auth_optional(true);
+            MUTUAL.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(Some(config))
+    }
+
+    fn identity(&self) -> Result<Option<Identity>> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(None);
         };
-        let identity = Identity::from_pem(read(cert, "certificate")?, read(key, "key")?);
-        Ok(Some(ServerTlsConfig::new().identity(identity)))
+        Ok(Some(Identity::from_pem(
+            read(cert, "certificate")?,
+            read(key, "key")?,
+        )))
     }
 
     /// Makes every connection this process dials use TLS, trusting `--tls-ca` (nothing
@@ -62,7 +81,11 @@ impl TlsOptions {
                     .unwrap_or_default()
             )));
         }
-        let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca));
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca));
+        // Servers of the cluster learn this process's role from its certificate.
+        if let Some(identity) = self.identity()? {
+            config = config.identity(identity);
+        }
         let installed = CLIENT.get_or_init(|| (ca.clone(), config));
         if installed.0 != ca {
             return Err(EmberError::Internal(
@@ -87,4 +110,67 @@ pub fn client() -> Option<ClientTlsConfig> {
 /// Whether this process dials over TLS.
 pub fn dials_tls() -> bool {
     CLIENT.get().is_some()
+}
+
+static MUTUAL: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// What a certificate of the cluster's CA says its holder is: its subject's common name is
+/// `ember-scheduler`, `ember-executor` or `ember-client` (as `ember certs` makes them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Scheduler,
+    Executor,
+    Client,
+}
+
+impl Role {
+    pub fn common_name(self) -> &'static str {
+        match self {
+            Role::Scheduler => "ember-scheduler",
+            Role::Executor => "ember-executor",
+            Role::Client => "ember-client",
+        }
+    }
+}
+
+/// The role in the certificate a peer presented (already verified against the CA by TLS).
+pub fn peer_role<T>(request: &tonic::Request<T>) -> Option<Role> {
+    let certs = request.peer_certs()?;
+    let cert = webpki::EndEntityCert::try_from(certs.first()?).ok()?;
+    let subject = cert.subject();
+    [Role::Scheduler, Role::Executor, Role::Client]
+        .into_iter()
+        .find(|role| contains(subject, role.common_name().as_bytes()))
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Refuses a cluster call unless its peer proved one of `roles` with a certificate — when this
+/// process serves mutual TLS (without it, every peer is let through, as before).
+pub fn require_role<T>(request: &tonic::Request<T>, roles: &[Role]) -> Result<(), tonic::Status> {
+    if !MUTUAL.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    match peer_role(request) {
+        Some(role) if roles.contains(&role) => Ok(()),
+        Some(role) => Err(tonic::Status::permission_denied(format!(
+            "this call is for {}; the caller's certificate is {}'s",
+            names(roles),
+            role.common_name()
+        ))),
+        None => Err(tonic::Status::unauthenticated(format!(
+            "this call is for {}: present its certificate (--tls-cert, --tls-key)",
+            names(roles)
+        ))),
+    }
+}
+
+fn names(roles: &[Role]) -> String {
+    roles
+        .iter()
+        .map(|r| r.common_name())
+        .collect::<Vec<_>>()
+        .join(" or ")
 }

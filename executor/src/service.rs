@@ -13,6 +13,7 @@ use ember_core::job::TaskDefinition;
 use ember_core::metrics::ExecutorCounters;
 use ember_core::shuffle::grant::SharedTicketKey;
 use ember_core::shuffle::{ShuffleStore, ShuffleTicket};
+use ember_core::tls::Role;
 use ember_core::{EmberError, TaskId};
 use ember_proto::pb;
 use ember_proto::pb::executor_service_server::ExecutorService;
@@ -44,6 +45,8 @@ impl ExecutorService for ExecutorGrpc {
         &self,
         request: Request<pb::LaunchTasksRequest>,
     ) -> Result<Response<pb::LaunchTasksResponse>, Status> {
+        // Only the scheduler launches, cancels and frees work here.
+        ember_core::tls::require_role(&request, &[Role::Scheduler])?;
         if self.runner.is_draining() {
             // The scheduler places these tasks elsewhere.
             return Err(Status::unavailable(
@@ -67,6 +70,8 @@ impl ExecutorService for ExecutorGrpc {
         &self,
         request: Request<pb::CancelTasksRequest>,
     ) -> Result<Response<pb::CancelTasksResponse>, Status> {
+        // Only the scheduler launches, cancels and frees work here.
+        ember_core::tls::require_role(&request, &[Role::Scheduler])?;
         for id in request.into_inner().task_ids {
             let id = TaskId::try_from(id).map_err(err)?;
             self.runner.cancel(&id);
@@ -78,6 +83,8 @@ impl ExecutorService for ExecutorGrpc {
         &self,
         request: Request<pb::RemoveJobDataRequest>,
     ) -> Result<Response<pb::RemoveJobDataResponse>, Status> {
+        // Only the scheduler launches, cancels and frees work here.
+        ember_core::tls::require_role(&request, &[Role::Scheduler])?;
         let job_id = request.into_inner().job_id;
         if job_id.is_empty() || job_id.contains('/') || job_id.contains("..") {
             return Err(err(EmberError::InvalidMessage(format!(

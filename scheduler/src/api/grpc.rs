@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_core::job::{ExecutorSpec, TaskStatus};
+use ember_core::tls::Role as PeerRole;
 use ember_core::{EmberError, JobId};
 use ember_proto::convert::required;
 use ember_proto::pb;
@@ -164,6 +165,8 @@ impl SchedulerService for SchedulerGrpc {
         &self,
         request: Request<pb::RegisterExecutorRequest>,
     ) -> Result<Response<pb::RegisterExecutorResponse>, Status> {
+        // Executors (or a standby forwarding for them) only.
+        ember_core::tls::require_role(&request, &[PeerRole::Executor, PeerRole::Scheduler])?;
         forward!(self, request, register_executor);
         let req = request.into_inner();
         let spec: ExecutorSpec = required(req.executor, "executor")
@@ -182,6 +185,8 @@ impl SchedulerService for SchedulerGrpc {
         &self,
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        // Executors (or a standby forwarding for them) only.
+        ember_core::tls::require_role(&request, &[PeerRole::Executor, PeerRole::Scheduler])?;
         forward!(self, request, heartbeat);
         let req = request.into_inner();
         let known = self.scheduler.heartbeat(
@@ -196,6 +201,8 @@ impl SchedulerService for SchedulerGrpc {
         &self,
         request: Request<pb::UpdateTaskStatusRequest>,
     ) -> Result<Response<pb::UpdateTaskStatusResponse>, Status> {
+        // Executors (or a standby forwarding for them) only.
+        ember_core::tls::require_role(&request, &[PeerRole::Executor, PeerRole::Scheduler])?;
         forward!(self, request, update_task_status);
         let statuses = request
             .into_inner()
