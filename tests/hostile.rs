@@ -315,4 +315,18 @@ async fn sql_reads_and_writes_only_under_the_allowed_locations() {
         .await
         .unwrap();
     assert!(allowed.path().join("copy.csv").exists());
+
+    // Neither a stream table (its file is not a listed location) nor a runtime folder.
+    client
+        .sql(&create("s", format!("{inside}/t.csv")).replace("EXTERNAL", "UNBOUNDED EXTERNAL"))
+        .await
+        .unwrap();
+    let error = client.sql("SELECT * FROM s").await.expect_err("a stream");
+    assert!(error.to_string().contains("stream"), "{error}");
+    let set = format!(
+        "SET datafusion.runtime.temp_directory = '{}'",
+        outside.path().display()
+    );
+    let error = client.sql(&set).await.expect_err("a runtime folder");
+    assert!(error.to_string().contains("confines locations"), "{error}");
 }

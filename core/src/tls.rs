@@ -86,10 +86,11 @@ impl TlsOptions {
         if let Some(identity) = self.identity()? {
             config = config.identity(identity);
         }
-        let installed = CLIENT.get_or_init(|| (ca.clone(), config));
-        if installed.0 != ca {
+        let chosen = self.clone();
+        let installed = CLIENT.get_or_init(|| (chosen, config));
+        if installed.0 != *self {
             return Err(EmberError::Internal(
-                "this process already dials with another TLS CA".into(),
+                "this process already dials with other TLS settings".into(),
             ));
         }
         Ok(())
@@ -100,7 +101,7 @@ fn ca_pem_is_empty(pem: &[u8]) -> bool {
     !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----")
 }
 
-static CLIENT: OnceLock<(Vec<u8>, ClientTlsConfig)> = OnceLock::new();
+static CLIENT: OnceLock<(TlsOptions, ClientTlsConfig)> = OnceLock::new();
 
 /// The TLS this process dials with, if installed.
 pub fn client() -> Option<ClientTlsConfig> {
@@ -133,18 +134,75 @@ impl Role {
     }
 }
 
-/// The role in the certificate a peer presented (already verified against the CA by TLS).
+/// The role in the certificate a peer presented (already verified against the CA by TLS):
+/// its subject must hold exactly one common name, equal to a role's.
 pub fn peer_role<T>(request: &tonic::Request<T>) -> Option<Role> {
     let certs = request.peer_certs()?;
     let cert = webpki::EndEntityCert::try_from(certs.first()?).ok()?;
-    let subject = cert.subject();
-    [Role::Scheduler, Role::Executor, Role::Client]
-        .into_iter()
-        .find(|role| contains(subject, role.common_name().as_bytes()))
+    role_of_subject(cert.subject())
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+fn role_of_subject(subject: &[u8]) -> Option<Role> {
+    let names = common_names(subject)?;
+    let [name] = names.as_slice() else {
+        return None;
+    };
+    [Role::Scheduler, Role::Executor, Role::Client]
+        .into_iter()
+        .find(|role| role.common_name().as_bytes() == *name)
+}
+
+/// The common names in a DER `Name` (a SEQUENCE, or its contents, of SETs of
+/// SEQUENCE { type OID, value }); `None` when it does not parse.
+fn common_names(subject: &[u8]) -> Option<Vec<&[u8]>> {
+    const COMMON_NAME: [u8; 3] = [0x55, 0x04, 0x03]; // 2.5.4.3
+    let mut rdns = match der(subject) {
+        Some((0x30, content, [])) => content,
+        _ => subject,
+    };
+    let mut names = Vec::new();
+    while !rdns.is_empty() {
+        let (tag, mut set, rest) = der(rdns)?;
+        rdns = rest;
+        if tag != 0x31 {
+            return None;
+        }
+        while !set.is_empty() {
+            let (tag, pair, rest) = der(set)?;
+            set = rest;
+            let (oid_tag, oid, value) = der(pair)?;
+            if tag != 0x30 || oid_tag != 0x06 {
+                return None;
+            }
+            if oid == COMMON_NAME {
+                let (_, text, []) = der(value)? else {
+                    return None;
+                };
+                names.push(text);
+            }
+        }
+    }
+    Some(names)
+}
+
+/// One DER TLV: (tag, contents, what follows).
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, mut rest) = rest.split_first()?;
+    let len = if first < 0x80 {
+        first as usize
+    } else {
+        let octets = (first & 0x7f) as usize;
+        if octets == 0 || octets > 4 || rest.len() < octets {
+            return None;
+        }
+        let len = rest[..octets]
+            .iter()
+            .fold(0usize, |n, &b| n << 8 | b as usize);
+        rest = &rest[octets..];
+        len
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
 }
 
 /// Refuses a cluster call unless its peer proved one of `roles` with a certificate — when this
@@ -173,4 +231,50 @@ fn names(roles: &[Role]) -> String {
         .map(|r| r.common_name())
         .collect::<Vec<_>>()
         .join(" or ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A DER `Name` with these (OID, UTF8String) attributes, one per SET.
+    fn name(attributes: &[(&[u8], &str)]) -> Vec<u8> {
+        fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+            let mut out = vec![tag, content.len() as u8];
+            out.extend_from_slice(content);
+            out
+        }
+        let sets: Vec<u8> = attributes
+            .iter()
+            .flat_map(|(oid, value)| {
+                let pair = [tlv(0x06, oid), tlv(0x0c, value.as_bytes())].concat();
+                tlv(0x31, &tlv(0x30, &pair))
+            })
+            .collect();
+        tlv(0x30, &sets)
+    }
+
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    const OU: &[u8] = &[0x55, 0x04, 0x0b];
+
+    #[test]
+    fn the_role_is_exactly_the_one_common_name() {
+        type Attributes<'a> = &'a [(&'a [u8], &'a str)];
+        let cases: [(Attributes, Option<Role>); 6] = [
+            (&[(CN, "ember-scheduler")], Some(Role::Scheduler)),
+            (&[(OU, "x"), (CN, "ember-executor")], Some(Role::Executor)),
+            // Lookalikes and extra names prove nothing.
+            (&[(CN, "ember-scheduler-ui")], None),
+            (
+                &[(OU, "ember-scheduler"), (CN, "ember-client")],
+                Some(Role::Client),
+            ),
+            (&[(CN, "ember-client"), (CN, "ember-scheduler")], None),
+            (&[(OU, "ember-scheduler")], None),
+        ];
+        for (attributes, role) in cases {
+            assert_eq!(role_of_subject(&name(attributes)), role, "{attributes:?}");
+        }
+        assert_eq!(role_of_subject(&[0x30, 0x05, 0x31]), None);
+    }
 }

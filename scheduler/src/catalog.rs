@@ -155,7 +155,14 @@ pub async fn record(
 /// `information_schema`), then replays the recorded statements, schemas first, each group in
 /// the order the entries were last written. An entry that no longer runs (its files are
 /// gone) is skipped with a warning rather than keeping the scheduler from leading.
-pub async fn restore(store: &dyn MetaStore, keys: &Keys, ctx: &SessionContext) -> Result<usize> {
+/// Entries reaching locations `allowed` does not cover (written under wider settings) are
+/// skipped with a warning: creating a table reads its files.
+pub async fn restore(
+    store: &dyn MetaStore,
+    keys: &Keys,
+    ctx: &SessionContext,
+    allowed: &crate::confine::AllowedLocations,
+) -> Result<usize> {
     clear(ctx)?;
     let (mut entries, _) = store.range(&keys.catalog()).await?;
     let schema_prefix = keys.catalog_entry("schema", &[]);
@@ -169,7 +176,18 @@ pub async fn restore(store: &dyn MetaStore, keys: &Keys, ctx: &SessionContext) -
         let mut failed = Vec::new();
         for kv in pending {
             let sql = String::from_utf8_lossy(&kv.value).to_string();
-            match ctx.sql(&sql).await {
+            let plan = match ctx.state().create_logical_plan(&sql).await {
+                Ok(plan) => plan,
+                Err(e) => {
+                    failed.push((kv, e));
+                    continue;
+                }
+            };
+            if let Err(e) = allowed.check_plan(&plan) {
+                warn!(key = %kv.key, error = %e, "a catalog entry is outside the allowed locations; skipping it");
+                continue;
+            }
+            match ctx.execute_logical_plan(plan).await {
                 Ok(_) => restored += 1,
                 Err(e) => failed.push((kv, e)),
             }

@@ -15,7 +15,8 @@ use datafusion::catalog::view::ViewTable;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::listing::{ListingTable, ListingTableUrl};
 use datafusion::datasource::source_as_provider;
-use datafusion::logical_expr::{DdlStatement, LogicalPlan, WriteOp};
+use datafusion::datasource::stream::StreamTable;
+use datafusion::logical_expr::{DdlStatement, LogicalPlan, Statement};
 use ember_core::EmberError;
 use url::Url;
 
@@ -72,6 +73,17 @@ impl AllowedLocations {
         Ok(AllowedLocations::Under(under))
     }
 
+    /// Whether `/` is among the locations (a scheduler started in the root folder with the
+    /// default `.`): every local file, likely by mistake (`*` says it on purpose).
+    pub fn allows_the_whole_filesystem(&self) -> bool {
+        match self {
+            AllowedLocations::Anywhere => false,
+            AllowedLocations::Under(urls) => urls.iter().any(|u| {
+                u.scheme() == "file" && u.path_segments().is_none_or(|mut s| s.all(str::is_empty))
+            }),
+        }
+    }
+
     /// Refuses `location` (a path or URL, as SQL or a table names it) unless it lies under an
     /// allowed location.
     pub fn check(&self, location: &str) -> Result<(), EmberError> {
@@ -123,11 +135,22 @@ impl AllowedLocations {
                 .iter()
                 .try_for_each(|location| self.check(location)),
             LogicalPlan::Copy(copy) => self.check(&copy.output_url),
-            LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::Insert(_)) => {
-                match source_as_provider(&dml.target) {
-                    Ok(provider) => self.check_provider(&provider),
-                    Err(_) => Ok(()),
-                }
+            // Every write's target, whatever the operation.
+            LogicalPlan::Dml(dml) => match source_as_provider(&dml.target) {
+                Ok(provider) => self.check_provider(&provider),
+                Err(_) => Ok(()),
+            },
+            // Runtime settings name folders the processes write to (spill files).
+            LogicalPlan::Statement(Statement::SetVariable(set))
+                if set
+                    .variable
+                    .to_lowercase()
+                    .starts_with("datafusion.runtime.") =>
+            {
+                Err(EmberError::User(format!(
+                    "{} cannot be set on a cluster that confines locations",
+                    set.variable
+                )))
             }
             _ => Ok(()),
         }
@@ -141,6 +164,13 @@ impl AllowedLocations {
         }
         if let Some(view) = provider.downcast_ref::<ViewTable>() {
             self.check_plan(view.logical_plan())?;
+        }
+        // A stream table reads a file (or FIFO) whose location it does not expose.
+        if provider.downcast_ref::<StreamTable>().is_some() {
+            return Err(EmberError::User(
+                "unbounded (stream) tables are not allowed on a cluster that confines locations"
+                    .into(),
+            ));
         }
         Ok(())
     }
@@ -215,5 +245,15 @@ mod tests {
                 .is_err()
         );
         assert!(AllowedLocations::Anywhere.check("/etc/passwd").is_ok());
+        assert!(
+            AllowedLocations::parse("/")
+                .unwrap()
+                .allows_the_whole_filesystem()
+        );
+        assert!(
+            !AllowedLocations::parse("/data")
+                .unwrap()
+                .allows_the_whole_filesystem()
+        );
     }
 }

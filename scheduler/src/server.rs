@@ -53,6 +53,16 @@ impl SchedulerHandle {
 
 /// Binds `config.bind` and serves the scheduler until `shutdown`.
 pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
+    if config
+        .confinement
+        .allowed_locations
+        .allows_the_whole_filesystem()
+    {
+        tracing::warn!(
+            "SQL may read and write every file this process can (--allowed-locations covers /); \
+             name the data folders instead"
+        );
+    }
     // TLS first: everything this process dials from here on uses it.
     config.cluster.tls.install()?;
     let server_tls = config.cluster.tls.server()?;

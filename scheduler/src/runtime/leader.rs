@@ -316,7 +316,13 @@ impl Scheduler {
         }
         let key = ember_core::meta::ensure_ticket_key(self.store.as_ref(), &self.keys).await?;
         self.tickets.set_key(key);
-        catalog::restore(self.store.as_ref(), &self.keys, &self.ctx).await?;
+        catalog::restore(
+            self.store.as_ref(),
+            &self.keys,
+            &self.ctx,
+            &self.config.confinement.allowed_locations,
+        )
+        .await?;
         // Everything a client could ask about is read before this scheduler takes requests.
         let jobs =
             journal::read_jobs(self.store.as_ref(), &self.keys, &self.ctx.task_ctx()).await?;
