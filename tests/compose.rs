@@ -1,6 +1,6 @@
 //! The container image and the compose cluster, on this machine's Docker Engine: the images
 //! build from the binary this test run built (on the local debootstrap base), the cluster
-//! comes up, answers TPC-H through Flight SQL, and keeps answering correctly while an executor
+//! comes up speaking mutual TLS, answers TPC-H through Flight SQL over TLS, and keeps answering correctly while an executor
 //! is killed, the leading scheduler is killed, and an executor is cut off its network, each in
 //! the middle of a query.
 
@@ -12,7 +12,7 @@ use arrow_flight::error::FlightError;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::array::RecordBatch;
 use futures::TryStreamExt;
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 use crate::support::{assert_same_rows, datafusion_reference_at, tpch_dir_large};
 
@@ -102,8 +102,14 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
     }
 }
 
+/// The cluster's CA, which Flight SQL clients trust.
+static CA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
 async fn flight(port: u16) -> FlightSqlServiceClient<Channel> {
-    let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(CA.get().unwrap()));
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
         .unwrap()
         .connect_lazy();
     FlightSqlServiceClient::new(channel)
@@ -173,12 +179,34 @@ async fn the_compose_cluster_answers_through_kills_and_a_network_cut() {
         String::from_utf8_lossy(&build.stderr)
     );
     let data = tpch_dir_large();
+    // The cluster speaks mutual TLS, with certificates from `ember certs`, readable by the
+    // containers' user.
+    let certs_dir = tempfile::tempdir().unwrap();
+    let certs = certs_dir.path();
+    let hosts = "localhost,127.0.0.1,scheduler-1,scheduler-2,executor-1,executor-2,executor-3";
+    let made = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["certs", "--hosts", hosts, "--out"])
+        .arg(certs)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    for entry in std::fs::read_dir(certs).unwrap() {
+        std::os::unix::fs::chown(entry.unwrap().path(), Some(10001), Some(10001)).unwrap();
+    }
+    std::os::unix::fs::chown(certs, Some(10001), Some(10001)).unwrap();
+    CA.set(std::fs::read(certs.join("ca.pem")).unwrap())
+        .unwrap();
     let (grpc, http) = ([free_port(), free_port()], [free_port(), free_port()]);
     let compose = Compose {
         project: format!("embertest{}", std::process::id()),
         file: root.join("docker/compose.yaml"),
         env: vec![
             ("EMBER_DATA".into(), data.display().to_string()),
+            ("EMBER_CERTS".into(), certs.display().to_string()),
             ("EMBER_TTL_SECS".into(), "3".into()),
             ("EMBER_PORT_1".into(), grpc[0].to_string()),
             ("EMBER_PORT_2".into(), grpc[1].to_string()),
