@@ -14,7 +14,7 @@ use datafusion::arrow::array::RecordBatch;
 use futures::TryStreamExt;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
-use crate::support::{assert_same_rows, datafusion_reference_at, tpch_dir_large};
+use crate::support::{assert_same_rows, datafusion_reference_at, free_port, tpch_dir_large};
 
 /// A compose project, taken down (volumes too) when dropped.
 struct Compose {
@@ -72,14 +72,6 @@ impl Drop for Compose {
             .args(["down", "-v", "--remove-orphans", "-t", "1"])
             .output();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A metric's value, `None` while the process does not answer (starting, killed).

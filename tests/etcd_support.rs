@@ -1,7 +1,6 @@
 //! A real etcd process and a cluster of `ember` processes coordinated through it, for the
 //! failover tests. Every process is killed when its guard drops, also when a test fails.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -9,19 +8,11 @@ use std::time::{Duration, Instant};
 use ember_core::meta::{EtcdStore, Keys, MetaStore};
 
 use crate::support::{
-    ChildGuard, TestCluster, ember_bin, eventually, spawn_guarded, wait_for_port,
+    ChildGuard, TestCluster, ember_bin, eventually, free_port, spawn_guarded, wait_for_port,
 };
 
 /// Short leases so the tests see losses within seconds.
 pub const TTL_SECS: &str = "2";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One etcd member on loopback ports, with its data in a temporary directory: it can be
 /// killed and started again on the same ports and data.

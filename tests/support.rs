@@ -316,6 +316,15 @@ impl ProcessCluster {
     }
 }
 
+/// A loopback port free right now (for servers that must be told theirs, like etcd).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// `GET path` on an HTTP endpoint at `port` on loopback: the status code and the body.
 pub fn http_get(port: u16, path: &str) -> (u16, String) {
     ember::http_get(port, path).unwrap_or_else(|e| panic!("GET {path} on port {port}: {e}"))

@@ -13,7 +13,7 @@ use tonic::Code;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::support::{
-    ChildGuard, allowed_locations, ember_bin, spawn_guarded, tpch_dir, wait_for_port,
+    ChildGuard, allowed_locations, ember_bin, free_port, spawn_guarded, tpch_dir, wait_for_port,
 };
 
 fn ember(args: &[&str], env: &[(&str, &Path)]) -> Output {
@@ -168,4 +168,99 @@ async fn channel(port: u16, certs: &Path, role: Option<&str>) -> Channel {
         .connect()
         .await
         .unwrap()
+}
+
+/// etcd itself over mutual TLS: schedulers and executors reach it with their certificates, a
+/// client without one is refused by etcd.
+#[test]
+fn a_cluster_keeps_its_state_in_etcd_over_mutual_tls() {
+    let work = tempfile::tempdir().unwrap();
+    let certs = work.path().join("certs");
+    self::certs(&certs);
+    let (client_port, peer_port) = (free_port(), free_port());
+    let url = format!("https://127.0.0.1:{client_port}");
+    let peer = format!("http://127.0.0.1:{peer_port}");
+    let _etcd = spawn_guarded(
+        Command::new("etcd")
+            .args(["--name", "ember-tls", "--data-dir"])
+            .arg(work.path().join("etcd"))
+            .args([
+                "--listen-client-urls",
+                &url,
+                "--advertise-client-urls",
+                &url,
+            ])
+            .args([
+                "--listen-peer-urls",
+                &peer,
+                "--initial-advertise-peer-urls",
+                &peer,
+            ])
+            .args(["--initial-cluster", &format!("ember-tls={peer}")])
+            .arg("--cert-file")
+            .arg(certs.join("scheduler.pem"))
+            .arg("--key-file")
+            .arg(certs.join("scheduler.key"))
+            .arg("--trusted-ca-file")
+            .arg(certs.join("ca.pem"))
+            .arg("--client-cert-auth")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(work.path().join("etcd.log")).unwrap()),
+    );
+    let (_scheduler, _) = serve("scheduler", &["--etcd", &url], &certs, work.path());
+    let (_executor, _) = serve(
+        "executor",
+        &["--etcd", &url, "--slots", "2"],
+        &certs,
+        work.path(),
+    );
+
+    let ca = certs.join("ca.pem");
+    let (cert, key) = (certs.join("client.pem"), certs.join("client.key"));
+    let with_cert = [
+        ("EMBER_TLS_CA", ca.as_path()),
+        ("EMBER_TLS_CERT", &cert),
+        ("EMBER_TLS_KEY", &key),
+    ];
+    let tables = tpch_dir().display().to_string();
+    let sql = ember::tpch::query(1).unwrap();
+    let args = [
+        "sql", "--etcd", &url, "--format", "csv", "--tables", &tables, "-c", sql,
+    ];
+    // The leader is elected and the executor registered within a few seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let answer = loop {
+        let out = ember(&args, &with_cert);
+        if out.status.success() {
+            break out;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer through etcd over TLS: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let local = ember(
+        &[
+            "sql", "--local", "--format", "csv", "--tables", &tables, "-c", sql,
+        ],
+        &[],
+    );
+    assert_eq!(answer.stdout, local.stdout, "q1 through etcd over TLS");
+
+    // etcd asks for a client certificate: a client trusting the CA but without one gets none
+    // of the cluster's state.
+    let list = ["jobs", "--etcd", &url, "list"];
+    let with = ember(&list, &with_cert);
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    let without = ember(&list, &[("EMBER_TLS_CA", &ca)]);
+    assert!(
+        !without.status.success(),
+        "etcd answered a client without a certificate"
+    );
 }

@@ -11,9 +11,8 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{EmberError, Result};
 
-/// An endpoint for `url`, which must be `http://HOST:PORT` (or `https://`). When this process
-/// dials over TLS (`tls::TlsOptions::install`), every endpoint does, whatever its scheme.
-pub fn endpoint(url: &str) -> Result<Endpoint> {
+/// Refuses `url` unless it is `http://HOST:PORT` (or `https://`).
+pub fn check_url(url: &str) -> Result<Uri> {
     let bad = || EmberError::User(format!("{url:?} is not a URL of the form http://HOST:PORT"));
     let uri: Uri = url.parse().map_err(|_| bad())?;
     let scheme_ok = matches!(uri.scheme_str(), Some("http") | Some("https"));
@@ -23,6 +22,14 @@ pub fn endpoint(url: &str) -> Result<Endpoint> {
     if !scheme_ok || !has_port || !matches!(uri.path(), "" | "/") {
         return Err(bad());
     }
+    Ok(uri)
+}
+
+/// An endpoint for `url`, which must be `http://HOST:PORT` (or `https://`). When this process
+/// dials over TLS (`tls::TlsOptions::install`), every endpoint does, whatever its scheme.
+pub fn endpoint(url: &str) -> Result<Endpoint> {
+    let bad = || EmberError::User(format!("{url:?} is not a URL of the form http://HOST:PORT"));
+    let uri = check_url(url)?;
     let endpoint = match crate::tls::client() {
         Some(tls) => {
             let https: Uri = format!("https://{}", uri.authority().expect("checked above"))

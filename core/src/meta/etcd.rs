@@ -55,13 +55,32 @@ impl EtcdStore {
             return Err(EmberError::User("--etcd needs at least one URL".into()));
         }
         for url in &endpoints {
-            crate::net::endpoint(url)?;
+            crate::net::check_url(url)?;
         }
-        let options = ConnectOptions::new()
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(2))
             .with_timeout(Duration::from_secs(5))
             .with_keep_alive(Duration::from_secs(5), Duration::from_secs(5))
             .with_keep_alive_while_idle(true);
+        // etcd over TLS: `https://` endpoints, trusting the cluster's CA and presenting this
+        // process's certificate (etcd's --client-cert-auth checks it).
+        let https = endpoints
+            .iter()
+            .filter(|u| u.starts_with("https://"))
+            .count();
+        if https > 0 {
+            if https < endpoints.len() {
+                return Err(EmberError::User(
+                    "--etcd mixes https:// and http:// endpoints".into(),
+                ));
+            }
+            let tls = crate::tls::client().ok_or_else(|| {
+                EmberError::User(
+                    "etcd over https needs the CA to trust (--tls-ca or EMBER_TLS_CA)".into(),
+                )
+            })?;
+            options = options.with_tls(tls);
+        }
         let client = Client::connect(&endpoints, Some(options))
             .await
             .map_err(unavailable)?;
