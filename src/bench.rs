@@ -370,7 +370,7 @@ impl Cluster {
     async fn client(&self) -> Result<EmberClient> {
         Ok(match self {
             Cluster::Embedded(c) => c.client().await?,
-            Cluster::Processes(p) => EmberClient::connect(&p.url).await?,
+            Cluster::Processes(p) => EmberClient::connect(&p.url).await?.with_token(&p.token)?,
         })
     }
 
@@ -395,6 +395,8 @@ impl Cluster {
 /// A scheduler and executors as child processes of this binary, killed on drop.
 struct Processes {
     url: String,
+    /// The token the processes' clients and executors call the scheduler with.
+    token: String,
     children: Vec<Child>,
     _dir: tempfile::TempDir,
 }
@@ -406,16 +408,26 @@ impl Processes {
     async fn start(executors: usize, cores: usize, data: &Path, tls: bool) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the ember binary")?;
         let dir = tempfile::tempdir()?;
+        let token = ember_core::auth::new_token()?;
         let mut this = Processes {
             url: String::new(),
+            token: token.clone(),
             children: Vec::new(),
             _dir: dir,
         };
         let certs = this._dir.path().join("certs");
-        let mut env: Vec<(&str, std::ffi::OsString)> = vec![(
-            "EMBER_ALLOWED_LOCATIONS",
-            std::path::absolute(data)?.into_os_string(),
-        )];
+        // Clients and executors sign in, as on a shared network.
+        let mut env: Vec<(&str, std::ffi::OsString)> = vec![
+            (
+                "EMBER_ALLOWED_LOCATIONS",
+                std::path::absolute(data)?.into_os_string(),
+            ),
+            (
+                "EMBER_AUTH_TOKENS",
+                ember_core::auth::Credentials::line("bench", &token)?.into(),
+            ),
+            ("EMBER_TOKEN", token.into()),
+        ];
         if tls {
             crate::certs::write_all(&certs, &["127.0.0.1".to_string()])?;
             env.push(("EMBER_TLS_CA", certs.join("ca.pem").into_os_string()));
@@ -490,7 +502,9 @@ impl Processes {
             this.children.push(child);
             wait_for_port(&port_file).await?;
         }
-        let client = EmberClient::connect(&this.url).await?;
+        let client = EmberClient::connect(&this.url)
+            .await?
+            .with_token(&this.token)?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while client.executors().await?.0.len() < executors {
             if Instant::now() > deadline {

@@ -52,6 +52,29 @@ pub enum Command {
     Probe(ProbeArgs),
     /// Create a cluster CA and a certificate per role (for development and the compose stack).
     Certs(CertsArgs),
+    /// Make client credentials.
+    Auth(AuthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuthArgs {
+    #[command(subcommand)]
+    pub action: AuthAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuthAction {
+    /// Make an API token for a user: the token goes to stdout (give it to the user), its
+    /// hash to the credentials file schedulers read (--auth-file).
+    Token {
+        /// The user's name (letters, digits and ._@-): jobs are recorded as theirs and
+        /// per-client limits count by it.
+        name: String,
+        /// The credentials file to add the hash to (created if missing); without it, the line
+        /// to add is printed to stderr.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -243,6 +266,10 @@ pub struct StandaloneArgs {
     /// Where SQL may read and write files.
     #[command(flatten)]
     pub confinement: ember_scheduler::confine::Confinement,
+
+    /// Who may call the scheduler.
+    #[command(flatten)]
+    pub auth: ember_core::auth::AuthOptions,
 }
 
 #[derive(Debug, Args)]

@@ -43,6 +43,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Jobs(args) => jobs::jobs(args).await,
             Command::Probe(args) => probe(&args),
             Command::Certs(args) => certs::run(&args),
+            Command::Auth(args) => certs::auth(args),
         }
     });
     match result {
@@ -91,14 +92,22 @@ fn datagen(scale_factor: f64, output: &std::path::Path) -> anyhow::Result<()> {
 
 /// `GET path` on an HTTP endpoint at `port` on loopback: the status code and the body.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_get_as(port, path, None)
+}
+
+/// `GET path` with `authorization: Bearer TOKEN` when a token is given.
+pub fn http_get_as(port: u16, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let timeout = std::time::Duration::from_secs(2);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
     stream.set_read_timeout(Some(timeout))?;
+    let authorization = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{authorization}Connection: close\r\n\r\n"
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;

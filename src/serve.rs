@@ -77,6 +77,7 @@ pub async fn standalone(args: StandaloneArgs, format: LogFormat) -> Result<()> {
     let scheduler = SchedulerConfig {
         http_bind: args.http_bind.clone(),
         confinement: args.confinement.clone(),
+        auth: args.auth.clone(),
         ..SchedulerConfig::default()
     };
     let cluster =

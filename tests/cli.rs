@@ -148,6 +148,7 @@ fn standalone_serves_a_cluster_in_one_process() {
                 "EMBER_ALLOWED_LOCATIONS",
                 crate::support::allowed_locations(),
             )
+            .env("EMBER_ALLOW_ANONYMOUS", "true")
             // The embedded executors' folders go into the test's folder: killed, the process
             // cannot remove them.
             .env("TMPDIR", dir.path()),
@@ -369,7 +370,7 @@ fn a_config_file_configures_a_process_and_logs_can_be_json() {
     std::fs::write(
         &config,
         format!(
-            "log = \"info\"\nlog-format = \"json\"\nslots = 3\n\n[scheduler]\nbind = \"127.0.0.1:0\"\nport-file = \"{}\"\n",
+            "log = \"info\"\nlog-format = \"json\"\nslots = 3\n\n[scheduler]\nbind = \"127.0.0.1:0\"\nport-file = \"{}\"\nallow-anonymous = true\n",
             port_file.display()
         ),
     )

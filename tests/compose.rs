@@ -1,6 +1,8 @@
 //! The container image and the compose cluster, on this machine's Docker Engine: the images
 //! build from the binary this test run built (on the local debootstrap base), the cluster
-//! comes up speaking mutual TLS, answers TPC-H through Flight SQL over TLS, and keeps answering correctly while an executor
+//! comes up speaking mutual TLS and asking clients for a token, answers TPC-H through Flight
+//! SQL over TLS (one session, signed in once, taken by every scheduler), and keeps answering
+//! correctly while an executor
 //! is killed, the leading scheduler is killed, and an executor is cut off its network, each in
 //! the middle of a query.
 
@@ -76,7 +78,8 @@ impl Drop for Compose {
 
 /// A metric's value, `None` while the process does not answer (starting, killed).
 fn metric(port: u16, name: &str) -> Option<f64> {
-    let (status, body) = ember::http_get(port, "/metrics").ok()?;
+    let token = TOKEN.get().map(String::as_str);
+    let (status, body) = ember::http_get_as(port, "/metrics", token).ok()?;
     if status != 200 {
         return None;
     }
@@ -97,6 +100,13 @@ fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
 /// The cluster's CA, which Flight SQL clients trust.
 static CA: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
 
+/// The test's API token (its hash is in the schedulers' credentials file).
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The session one sign-in (at the first scheduler) gave: every scheduler takes it, also
+/// after the one that issued it is killed.
+static SESSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 async fn flight(port: u16) -> FlightSqlServiceClient<Channel> {
     let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(CA.get().unwrap()));
     let channel = Channel::from_shared(format!("https://127.0.0.1:{port}"))
@@ -104,7 +114,22 @@ async fn flight(port: u16) -> FlightSqlServiceClient<Channel> {
         .tls_config(tls)
         .unwrap()
         .connect_lazy();
-    FlightSqlServiceClient::new(channel)
+    let mut client = FlightSqlServiceClient::new(channel);
+    match SESSION.get() {
+        Some(session) => client.set_token(session.clone()),
+        None => {
+            let refused = client.execute("SELECT 1".into(), None).await.unwrap_err();
+            assert!(refused.to_string().contains("credentials"), "{refused}");
+            let session = client
+                .handshake("compose", TOKEN.get().unwrap())
+                .await
+                .unwrap();
+            SESSION
+                .set(String::from_utf8(session.to_vec()).unwrap())
+                .unwrap();
+        }
+    }
+    client
 }
 
 /// Reads every endpoint of `info`, retrying while no scheduler leads (a failover).
@@ -186,6 +211,15 @@ async fn the_compose_cluster_answers_through_kills_and_a_network_cut() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
+    let token = Command::new(env!("CARGO_BIN_EXE_ember"))
+        .args(["auth", "token", "compose", "--file"])
+        .arg(certs.join("tokens"))
+        .output()
+        .unwrap();
+    assert!(token.status.success());
+    TOKEN
+        .set(String::from_utf8(token.stdout).unwrap().trim().to_string())
+        .unwrap();
     for entry in std::fs::read_dir(certs).unwrap() {
         std::os::unix::fs::chown(entry.unwrap().path(), Some(10001), Some(10001)).unwrap();
     }

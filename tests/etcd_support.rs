@@ -231,6 +231,7 @@ impl EtcdCluster {
                     "EMBER_ALLOWED_LOCATIONS",
                     crate::support::allowed_locations(),
                 )
+                .env("EMBER_ALLOW_ANONYMOUS", "true")
                 .stdout(Stdio::null())
                 .stderr(log),
         );

@@ -31,7 +31,24 @@ fn write_ipc(path: &std::path::Path, batches: &[RecordBatch]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adbc_python_client() {
-    let cluster = ProcessCluster::start(2, 2).await;
+    // Clients sign in: the driver's own handshake (user name and token) is part of the test.
+    let analyst = ember_core::auth::new_token().unwrap();
+    let executor = ember_core::auth::new_token().unwrap();
+    let lines = [
+        ember_core::auth::Credentials::line("analyst", &analyst).unwrap(),
+        ember_core::auth::Credentials::line("ember-executor", &executor).unwrap(),
+    ]
+    .join("\n");
+    let cluster = ProcessCluster::start_with_env(
+        2,
+        2,
+        &[
+            ("EMBER_ALLOW_ANONYMOUS", "false"),
+            ("EMBER_AUTH_TOKENS", &lines),
+            ("EMBER_TOKEN", &executor),
+        ],
+    )
+    .await;
     let client = cluster.client().await;
     register_tpch(&client).await;
     // What single-node DataFusion answers, for the script to compare with.
@@ -66,6 +83,7 @@ async fn adbc_python_client() {
         Command::new("python3")
             .arg(script)
             .args(["--uri", &uri, "--tpch", &queries.join(",")])
+            .args(["--user", "analyst", "--password", &analyst])
             .arg("--expected")
             .arg(expected.path())
             .arg("--queries")
@@ -87,6 +105,7 @@ async fn adbc_python_client() {
         status.success(),
         "the ADBC script failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
+    assert!(stdout.contains("without credentials: refused"), "{stdout}");
     for q in PYTHON_QUERIES {
         assert!(stdout.contains(&format!("q{q}: ")), "{stdout}");
     }

@@ -5,6 +5,7 @@ mod etcd_support;
 mod support;
 mod tidy;
 
+mod auth;
 mod cli;
 mod compose;
 mod dataframe;

@@ -58,6 +58,7 @@ fn health_readiness_and_metrics_of_a_scheduler_and_an_executor() {
             .arg(file("scheduler.port"))
             .arg("--http-port-file")
             .arg(file("scheduler.http"))
+            .env("EMBER_ALLOW_ANONYMOUS", "true")
             .stderr(Stdio::null()),
     );
     let port = wait_for_port(&file("scheduler.port"), &mut scheduler.0);

@@ -208,6 +208,8 @@ pub fn wait_for_port(path: &Path, child: &mut Child) -> u16 {
 /// A scheduler and executors as separate `ember` processes on loopback ports.
 pub struct ProcessCluster {
     pub scheduler_url: String,
+    /// The token its clients sign in with (`EMBER_TOKEN` of the environment it was given).
+    pub token: Option<String>,
     _dir: tempfile::TempDir,
     // Executors first: they are killed before the scheduler.
     _executors: Vec<ChildGuard>,
@@ -256,6 +258,7 @@ impl ProcessCluster {
                 .args(["scheduler", "--bind", "127.0.0.1:0", "--port-file"])
                 .arg(&port_file)
                 .env("EMBER_ALLOWED_LOCATIONS", allowed_locations())
+                .env("EMBER_ALLOW_ANONYMOUS", "true")
                 .envs(env.iter().copied())
                 .stdout(Stdio::null())
                 .stderr(log("scheduler.log")),
@@ -291,8 +294,13 @@ impl ProcessCluster {
             wait_for_port(&port_file, &mut guard.0);
             guards.push(guard);
         }
+        let token = env
+            .iter()
+            .find(|(k, _)| *k == "EMBER_TOKEN")
+            .map(|(_, v)| v.to_string());
         let cluster = ProcessCluster {
             scheduler_url,
+            token,
             _dir: dir,
             _executors: guards,
             _scheduler: scheduler,
@@ -313,6 +321,18 @@ impl ProcessCluster {
         std::iter::once(&mut self._scheduler)
             .chain(self._executors.iter_mut())
             .all(|guard| matches!(guard.0.try_wait(), Ok(None)))
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, ...) to every executor.
+    pub fn signal_executors(&self, signal: &str) {
+        for guard in &self._executors {
+            let status = Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(guard.0.id().to_string())
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill -{signal}");
+        }
     }
 }
 
@@ -371,5 +391,13 @@ impl TestCluster for ember_client::EmbeddedCluster {
 impl TestCluster for ProcessCluster {
     fn scheduler_urls(&self) -> String {
         self.scheduler_url.clone()
+    }
+
+    async fn client(&self) -> EmberClient {
+        let client = EmberClient::connect(&self.scheduler_urls()).await.unwrap();
+        match &self.token {
+            Some(token) => client.with_token(token).unwrap(),
+            None => client,
+        }
     }
 }

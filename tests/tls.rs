@@ -48,6 +48,7 @@ fn serve(role: &str, args: &[&str], certs: &Path, work: &Path) -> (ChildGuard, u
             .env("EMBER_TLS_KEY", certs.join(format!("{role}.key")))
             .env("EMBER_TLS_CA", certs.join("ca.pem"))
             .env("EMBER_ALLOWED_LOCATIONS", allowed_locations())
+            .env("EMBER_ALLOW_ANONYMOUS", "true")
             .stdout(Stdio::null()),
     );
     let port = wait_for_port(&port_file, &mut guard.0);

@@ -11,6 +11,7 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::logical_expr::LogicalPlan;
+use ember_core::auth::{AuthChannel, CallCredentials};
 use ember_core::error::ErrorKind;
 use ember_core::job::{ExecutorInfo, JobState, JobStatus};
 use ember_core::retry::Backoff;
@@ -38,8 +39,11 @@ const POLL: Duration = Duration::from_secs(10);
 /// leader TTL plus the new leader's recovery).
 const FAILOVER: Duration = Duration::from_secs(90);
 
-/// The schedulers a client knows, each by its URL with a client connected to it.
-type Schedulers = Arc<Mutex<Vec<(String, SchedulerServiceClient<Channel>)>>>;
+/// The schedulers a client knows, each by its URL with a channel to it.
+type Schedulers = Arc<Mutex<Vec<(String, Channel)>>>;
+
+/// A scheduler's gRPC client, whose calls carry the client's credentials.
+type Scheduler = SchedulerServiceClient<AuthChannel>;
 
 /// A connection to an Ember cluster through one or more of its schedulers. Calls that find
 /// no scheduler able to answer (it died, or an election is under way) try the next address
@@ -51,13 +55,12 @@ pub struct EmberClient {
     /// With etcd, the leader is looked up there again whenever it stops answering.
     etcd: Option<(Arc<dyn MetaStore>, Keys)>,
     fetcher: Arc<FlightFetcher>,
+    /// What every call to a scheduler carries (a token, or nothing).
+    credentials: CallCredentials,
 }
 
-fn scheduler_client(url: &str) -> Result<SchedulerServiceClient<Channel>> {
-    let channel = ember_core::net::endpoint(url)?.connect_lazy();
-    Ok(SchedulerServiceClient::new(channel)
-        .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
-        .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES))
+fn scheduler_channel(url: &str) -> Result<Channel> {
+    Ok(ember_core::net::endpoint(url)?.connect_lazy())
 }
 
 /// The URL of the leading scheduler, as its record in etcd gives it.
@@ -97,7 +100,7 @@ impl EmberClient {
         }
         let mut schedulers = Vec::new();
         for url in &urls {
-            schedulers.push((url.to_string(), scheduler_client(url)?));
+            schedulers.push((url.to_string(), scheduler_channel(url)?));
         }
         let mut errors = Vec::new();
         for (i, url) in urls.iter().enumerate() {
@@ -108,6 +111,7 @@ impl EmberClient {
                         current: Arc::new(AtomicUsize::new(i)),
                         etcd: None,
                         fetcher: Arc::new(FlightFetcher::new()),
+                        credentials: CallCredentials::default(),
                     });
                 }
                 Err(e) => errors.push(format!("{url}: {}", ember_core::net::describe(&e))),
@@ -123,13 +127,31 @@ impl EmberClient {
     /// names neither.
     pub async fn connect_to(address: &ember_core::options::ClusterAddress) -> Result<Option<Self>> {
         address.connection.tls.install()?;
-        Ok(match (&address.scheduler, &address.connection.etcd) {
-            (Some(urls), _) => Some(Self::connect(urls).await?),
+        let credentials = address.token.credentials()?;
+        let client = match (&address.scheduler, &address.connection.etcd) {
+            (Some(urls), _) => Self::connect(urls).await?,
             (None, Some(etcd)) => {
-                Some(Self::connect_etcd(etcd, &address.connection.cluster_name).await?)
+                Self::connect_etcd(etcd, &address.connection.cluster_name).await?
             }
-            (None, None) => None,
-        })
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(client.with_credentials(credentials)))
+    }
+
+    /// The same connection, calling with `token` (an API token, or a session token).
+    pub fn with_token(self, token: &str) -> Result<Self> {
+        Ok(self.with_credentials(CallCredentials::token(token)?))
+    }
+
+    fn with_credentials(mut self, credentials: CallCredentials) -> Self {
+        self.credentials = credentials;
+        self
+    }
+
+    fn scheduler(&self, channel: Channel) -> Scheduler {
+        SchedulerServiceClient::with_interceptor(channel, self.credentials.clone())
+            .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
     }
 
     /// Connects to the cluster named `cluster` through etcd (`urls`: comma-separated
@@ -153,10 +175,11 @@ impl EmberClient {
             }
         };
         Ok(Self {
-            schedulers: Arc::new(Mutex::new(vec![(url.clone(), scheduler_client(&url)?)])),
+            schedulers: Arc::new(Mutex::new(vec![(url.clone(), scheduler_channel(&url)?)])),
             current: Arc::new(AtomicUsize::new(0)),
             etcd: Some((store, keys)),
             fetcher: Arc::new(FlightFetcher::new()),
+            credentials: CallCredentials::default(),
         })
     }
 
@@ -164,7 +187,7 @@ impl EmberClient {
     async fn next_scheduler(&self, failed: usize) {
         if let Some((store, keys)) = &self.etcd {
             if let Ok(Some(url)) = leader_url(store.as_ref(), keys).await
-                && let Ok(client) = scheduler_client(&url)
+                && let Ok(client) = scheduler_channel(&url)
             {
                 let mut schedulers = self.schedulers.lock();
                 if schedulers[0].0 != url {
@@ -187,7 +210,7 @@ impl EmberClient {
     /// not `idempotent` is retried only when it surely did not reach a leader.
     async fn call<T, F, Fut>(&self, idempotent: bool, f: F) -> Result<T>
     where
-        F: Fn(SchedulerServiceClient<Channel>) -> Fut,
+        F: Fn(Scheduler) -> Fut,
         Fut: std::future::Future<Output = std::result::Result<tonic::Response<T>, tonic::Status>>,
     {
         let deadline = tokio::time::Instant::now() + FAILOVER;
@@ -198,7 +221,7 @@ impl EmberClient {
                 let i = self.current.load(Ordering::Relaxed) % schedulers.len();
                 (i, schedulers[i].0.clone(), schedulers[i].1.clone())
             };
-            match f(client).await {
+            match f(self.scheduler(client)).await {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) if retryable(&status, idempotent) => {
                     let pause = backoff.next_pause();
@@ -373,7 +396,11 @@ impl EmberClient {
                 .clone()
         };
         let channel = ember_core::net::endpoint(&url)?.connect_lazy();
-        let mut flight = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+        let mut flight =
+            arrow_flight::flight_service_client::FlightServiceClient::with_interceptor(
+                channel,
+                self.credentials.clone(),
+            )
             .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
         let ticket = TicketStatementQuery {
             statement_handle: job_id.to_string().into(),

@@ -61,6 +61,13 @@ impl EmbeddedCluster {
         };
         scheduler_config.bind = bind.to_string();
         scheduler_config.port_file = None;
+        // The executors in this process sign in with a token of their own, made here.
+        let internal = ember_core::auth::new_token()?;
+        let line = ember_core::auth::Credentials::line("ember-executor", &internal)?;
+        scheduler_config.auth.auth_tokens = Some(match scheduler_config.auth.auth_tokens.take() {
+            Some(tokens) => format!("{tokens}\n{line}"),
+            None => line,
+        });
         let scheduler = ember_scheduler::start(scheduler_config).await?;
         let url = scheduler_url(scheduler.local_addr);
         let mut handles = Vec::with_capacity(executors);
@@ -72,6 +79,10 @@ impl EmbeddedCluster {
                         etcd: None,
                         cluster_name: "default".into(),
                         tls: Default::default(),
+                    },
+                    token: ember_core::auth::TokenOptions {
+                        token: Some(internal.clone()),
+                        token_file: None,
                     },
                 },
                 bind: "127.0.0.1:0".into(),

@@ -3,6 +3,7 @@
 //!
 //! Nothing in this crate knows Ember's wire format (`ember-proto` does) or runs a server.
 
+pub mod auth;
 pub mod error;
 pub mod ids;
 pub mod job;

@@ -37,6 +37,10 @@ pub struct ClusterAddress {
 
     #[command(flatten)]
     pub connection: ClusterConnection,
+
+    /// The token this process calls the cluster's schedulers with.
+    #[command(flatten)]
+    pub token: crate::auth::TokenOptions,
 }
 
 /// A command's options as its declarations default them: no `EMBER_*` variable and no config

@@ -57,6 +57,8 @@ pub struct JobRecord {
 pub struct JobLabel {
     pub script: Option<String>,
     pub description: String,
+    /// Who submitted it (the authenticated client's name), when known.
+    pub owner: Option<String>,
 }
 
 impl JobLabel {
@@ -76,7 +78,14 @@ impl JobLabel {
         JobLabel {
             script,
             description,
+            owner: None,
         }
+    }
+
+    /// The same, submitted by `owner`.
+    pub fn owned_by(mut self, owner: Option<String>) -> JobLabel {
+        self.owner = owner;
+        self
     }
 }
 
@@ -154,4 +163,6 @@ pub struct ScriptRecord {
     /// Stages and tasks of the statements already finished.
     pub stages_done_before: u32,
     pub tasks_done_before: u32,
+    /// Who submitted it (the authenticated client's name), when known.
+    pub owner: Option<String>,
 }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use ember_core::auth::{AuthChannel, CallCredentials};
 use ember_core::job::{ExecutorSpec, TaskStatus};
 use ember_core::meta::{KeptLease, Keys, LeaseId, MetaStore, Renewal};
 use ember_core::metrics::ExecutorMetrics;
@@ -25,7 +26,6 @@ use ember_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
 use tracing::{error, info, warn};
 
 /// How the executor finds the leading scheduler.
@@ -40,17 +40,19 @@ pub enum Leader {
     },
 }
 
-type Client = SchedulerServiceClient<Channel>;
+type Client = SchedulerServiceClient<AuthChannel>;
 
 #[derive(Debug, Clone)]
 pub struct SchedulerLink {
     leader: Leader,
     current: Arc<Mutex<Option<Client>>>,
     next: Arc<AtomicUsize>,
+    /// The executor's token, for a cluster that asks for one (without mutual TLS).
+    credentials: CallCredentials,
 }
 
 impl SchedulerLink {
-    pub fn new(leader: Leader) -> Result<Self> {
+    pub fn new(leader: Leader, credentials: CallCredentials) -> Result<Self> {
         if let Leader::Urls(urls) = &leader {
             if urls.is_empty() {
                 return Err(EmberError::User("--scheduler needs a URL".into()));
@@ -63,6 +65,7 @@ impl SchedulerLink {
             leader,
             current: Arc::new(Mutex::new(None)),
             next: Arc::new(AtomicUsize::new(0)),
+            credentials,
         })
     }
 
@@ -90,7 +93,8 @@ impl SchedulerLink {
                 format!("http://{}", record.address)
             }
         };
-        let client = SchedulerServiceClient::new(ember_core::net::endpoint(&url)?.connect_lazy())
+        let channel = ember_core::net::endpoint(&url)?.connect_lazy();
+        let client = SchedulerServiceClient::with_interceptor(channel, self.credentials.clone())
             .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
         *self.current.lock() = Some(client.clone());

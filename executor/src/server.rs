@@ -116,13 +116,16 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         Some(urls) => Some(Arc::new(EtcdStore::connect(urls).await?)),
         None => None,
     };
-    let link = SchedulerLink::new(match &meta {
-        Some(meta) => Leader::Etcd {
-            store: Arc::clone(meta),
-            keys: keys.clone(),
+    let link = SchedulerLink::new(
+        match &meta {
+            Some(meta) => Leader::Etcd {
+                store: Arc::clone(meta),
+                keys: keys.clone(),
+            },
+            None => SchedulerLink::urls(config.scheduler_urls()),
         },
-        None => SchedulerLink::urls(config.scheduler_urls()),
-    })?;
+        config.cluster.token.credentials()?,
+    )?;
     let executor_id = config
         .executor_id
         .clone()
@@ -250,7 +253,8 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
             slots,
             memory_limit,
         });
-        let server = ember_ops::serve(http_bind, crate::config::DEFAULT_HTTP_BIND, ops).await?;
+        let server =
+            ember_ops::serve(http_bind, crate::config::DEFAULT_HTTP_BIND, ops, None).await?;
         if let Some(path) = &config.http_port_file {
             std::fs::write(path, server.local_addr.port().to_string())?;
         }

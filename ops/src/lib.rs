@@ -4,16 +4,19 @@
 //!   scheduler that is unreachable must not get every executor restarted).
 //! - `/readyz`: 200 when the process can do its work now (a scheduler leads or knows the
 //!   leader; an executor is registered and not draining), 503 with the reason otherwise.
-//! - `/metrics`: the process's counters and gauges in Prometheus' text format.
+//! - `/metrics`: the process's counters and gauges in Prometheus' text format; where the
+//!   process checks credentials, only for a caller that presents them (`authorization: Bearer
+//!   TOKEN`, as Prometheus' scrape configs send it). Probes need none.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use ember_core::auth::Authenticator;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -125,8 +128,15 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-async fn readyz(State(ops): State<Arc<dyn Ops>>) -> Response {
-    match ops.ready() {
+/// What the endpoint serves, and to whom.
+#[derive(Clone)]
+struct Served {
+    ops: Arc<dyn Ops>,
+    auth: Option<Arc<Authenticator>>,
+}
+
+async fn readyz(State(served): State<Served>) -> Response {
+    match served.ops.ready() {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
         Err(reason) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -136,8 +146,19 @@ async fn readyz(State(ops): State<Arc<dyn Ops>>) -> Response {
     }
 }
 
-async fn metrics(State(ops): State<Arc<dyn Ops>>) -> Response {
-    match render(&ops.metrics()) {
+async fn metrics(State(served): State<Served>, headers: HeaderMap) -> Response {
+    if let Some(auth) = &served.auth {
+        let presented = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+        if let Err(e) = auth.authenticate(presented) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                format!("{e}\n"),
+            )
+                .into_response();
+        }
+    }
+    match render(&served.ops.metrics()) {
         Ok(text) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
@@ -161,7 +182,13 @@ impl OpsServer {
 /// Serves `/healthz`, `/readyz` and `/metrics` on `bind` (port 0 picks one). When `bind` is
 /// the process's `default` and that port is taken (another Ember process on the same host),
 /// a free port is taken instead, and logged; an address someone chose must be free.
-pub async fn serve(bind: &str, default: &str, ops: Arc<dyn Ops>) -> Result<OpsServer> {
+/// `/metrics` asks `auth` for credentials when given.
+pub async fn serve(
+    bind: &str,
+    default: &str,
+    ops: Arc<dyn Ops>,
+    auth: Option<Arc<Authenticator>>,
+) -> Result<OpsServer> {
     let listener = match TcpListener::bind(bind).await {
         Ok(listener) => listener,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && bind == default => {
@@ -188,7 +215,7 @@ pub async fn serve(bind: &str, default: &str, ops: Arc<dyn Ops>) -> Result<OpsSe
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(ops);
+        .with_state(Served { ops, auth });
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
@@ -224,13 +251,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_taken_default_port_falls_back_to_a_free_one_and_a_chosen_one_does_not() {
-        let first = serve("127.0.0.1:0", "127.0.0.1:0", Arc::new(Up))
+        let first = serve("127.0.0.1:0", "127.0.0.1:0", Arc::new(Up), None)
             .await
             .unwrap();
         let taken = first.local_addr.to_string();
-        let second = serve(&taken, &taken, Arc::new(Up)).await.unwrap();
+        let second = serve(&taken, &taken, Arc::new(Up), None).await.unwrap();
         assert_ne!(second.local_addr, first.local_addr);
-        let chosen = serve(&taken, "127.0.0.1:9090", Arc::new(Up)).await;
+        let chosen = serve(&taken, "127.0.0.1:9090", Arc::new(Up), None).await;
         assert!(
             matches!(&chosen, Err(EmberError::User(m)) if m.contains(&taken)),
             "{chosen:?}"

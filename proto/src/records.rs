@@ -77,6 +77,7 @@ pub fn encode_job(r: &JobRecord) -> Bytes {
         weight: r.weight,
         script_id: r.label.script.clone().unwrap_or_default(),
         description: r.label.description.clone(),
+        owner: r.label.owner.clone().unwrap_or_default(),
     }
     .encode_to_vec()
     .into()
@@ -112,6 +113,7 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobRecord> {
         label: JobLabel {
             script: (!r.script_id.is_empty()).then_some(r.script_id),
             description: r.description,
+            owner: (!r.owner.is_empty()).then_some(r.owner),
         },
     })
 }
@@ -230,6 +232,7 @@ pub fn encode_script(r: &ScriptRecord) -> Bytes {
         statement_rows: r.statement_rows.clone(),
         stages_done_before: r.stages_done_before,
         tasks_done_before: r.tasks_done_before,
+        owner: r.owner.clone().unwrap_or_default(),
     }
     .encode_to_vec()
     .into()
@@ -253,6 +256,7 @@ pub fn decode_script(bytes: &[u8]) -> Result<ScriptRecord> {
         statement_rows: r.statement_rows,
         stages_done_before: r.stages_done_before,
         tasks_done_before: r.tasks_done_before,
+        owner: (!r.owner.is_empty()).then_some(r.owner),
     })
 }
 

@@ -56,6 +56,8 @@ pub fn error_from_status(status: &Status) -> EmberError {
             message
         }),
         (Code::InvalidArgument, _) | (Code::NotFound, _) => EmberError::User(message),
+        // Missing or wrong credentials, or someone else's job: the caller must change.
+        (Code::Unauthenticated, _) | (Code::PermissionDenied, _) => EmberError::User(message),
         // A connection that broke below gRPC while this process dials without TLS: the
         // server may speak TLS only (plain HTTP/2 to it fails one of these two ways).
         _ if !ember_core::tls::dials_tls()

@@ -92,6 +92,15 @@ pub struct SchedulerConfig {
     /// How deep and how large a statement may be.
     #[command(flatten)]
     pub limits: crate::limits::PlanLimits,
+
+    /// Who may call this scheduler.
+    #[command(flatten)]
+    pub auth: ember_core::auth::AuthOptions,
+
+    /// Most queries and batch jobs one client (by its user name; anonymous clients count as
+    /// one) may have planned or running at once; 0 for no limit.
+    #[arg(long, env = "EMBER_MAX_JOBS_PER_CLIENT", default_value_t = 64)]
+    pub max_jobs_per_client: usize,
 }
 
 /// The built-in defaults for a scheduler embedded in another program (no `EMBER_*` variable is
@@ -104,6 +113,8 @@ impl Default for SchedulerConfig {
         config.http_bind = "off".into();
         // In the user's own process, SQL reaches what the user can.
         config.confinement.allowed_locations = crate::confine::AllowedLocations::Anywhere;
+        // And its callers are the user's own code.
+        config.auth = ember_core::auth::AuthOptions::open();
         config
     }
 }

@@ -10,6 +10,7 @@ use ember_proto::pb::scheduler_service_server::SchedulerServiceServer;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::api::flight_sql::FlightSqlFront;
 use crate::api::grpc::SchedulerGrpc;
@@ -79,7 +80,16 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
         Some(urls) => Arc::new(EtcdStore::connect(urls).await?),
         None => Arc::new(MemoryStore::new()),
     };
-    let scheduler = Scheduler::new(config, store);
+    let auth = Arc::new(ember_core::auth::Authenticator::new(&config.auth)?);
+    if auth.anonymous() {
+        tracing::warn!(
+            "anyone who reaches this scheduler may run queries (--allow-anonymous); give \
+             clients tokens with --auth-file instead"
+        );
+    } else {
+        tracing::info!(tokens = auth.tokens(), "clients must present a token");
+    }
+    let scheduler = Scheduler::new(config, store, Arc::clone(&auth));
     scheduler.start_background(address);
     // Serve once this scheduler knows its role: at once in memory, within a few seconds with
     // etcd (if etcd does not answer, requests get "unavailable, retry" until it does).
@@ -91,15 +101,24 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
     .await;
     // Clients' requests are bounded; answers (inline results) may be large.
     let max_request = scheduler.config.max_request_bytes();
-    let service = SchedulerServiceServer::new(SchedulerGrpc::new(Arc::clone(&scheduler)))
+    // Every call names its caller first (a token, a cluster certificate, or anonymous where
+    // allowed), or is refused.
+    let guard = crate::api::auth::interceptor(Arc::clone(&auth));
+    let service = InterceptedService::new(
+        SchedulerServiceServer::new(SchedulerGrpc::new(Arc::clone(&scheduler)))
+            .max_decoding_message_size(max_request)
+            .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES),
+        guard.clone(),
+    );
+    let flight = InterceptedService::new(
+        FlightServiceServer::new(FlightSqlFront::new(
+            Arc::clone(&scheduler),
+            scheduler.config.flight_results,
+        ))
         .max_decoding_message_size(max_request)
-        .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
-    let flight = FlightServiceServer::new(FlightSqlFront::new(
-        Arc::clone(&scheduler),
-        scheduler.config.flight_results,
-    ))
-    .max_decoding_message_size(max_request)
-    .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
+        .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES),
+        guard,
+    );
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let incoming = ember_core::net::incoming(listener);
@@ -124,7 +143,9 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
     let http = match config_http(&scheduler) {
         Some(bind) => {
             let ops: Arc<dyn ember_ops::Ops> = Arc::new(SchedulerOps(Arc::clone(&scheduler)));
-            let server = ember_ops::serve(&bind, crate::config::DEFAULT_HTTP_BIND, ops).await?;
+            let auth = Some(Arc::clone(&scheduler.auth));
+            let server =
+                ember_ops::serve(&bind, crate::config::DEFAULT_HTTP_BIND, ops, auth).await?;
             if let Some(path) = &scheduler.config.http_port_file {
                 std::fs::write(path, server.local_addr.port().to_string())?;
             }

@@ -60,10 +60,39 @@ def main():
         check(pod_sc.get("runAsNonRoot") is True, f"{name}: not runAsNonRoot")
         check(sc.get("readOnlyRootFilesystem") is True, f"{name}: root filesystem not read-only")
         check(sc.get("allowPrivilegeEscalation") is False, f"{name}: privilege escalation allowed")
+        # A process given a certificate serves HTTPS on its HTTP port too: probes must ask so,
+        # and its TLS files come from a Secret.
+        env = {e["name"]: e.get("value", "") for e in container.get("env", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        mounted = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+        if "EMBER_TLS_CERT" in env:
+            for probe in ["livenessProbe", "readinessProbe"]:
+                scheme = container.get(probe, {}).get("httpGet", {}).get("scheme", "HTTP")
+                check(scheme == "HTTPS", f"{name}: {probe} must use HTTPS (the HTTP port speaks TLS)")
+            for var in ["EMBER_TLS_CERT", "EMBER_TLS_KEY", "EMBER_TLS_CA"]:
+                path = env.get(var, "")
+                holder = next((n for m, n in mounted.items() if path.startswith(m + "/")), None)
+                check(holder is not None and "secret" in volumes.get(holder, {}),
+                      f"{name}: {var} {path!r} is not mounted from a Secret")
         # The config file the processes read must be mounted where the args say.
         arg_config = container["args"][container["args"].index("--config") + 1]
         mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
         check(any(arg_config.startswith(m + "/") for m in mounts), f"{name}: {arg_config} is not mounted")
+
+    scheduler = deployments.get("ember-scheduler")
+    if scheduler:
+        # A scheduler without clients' credentials refuses to start unless told to let anyone in.
+        pod = scheduler["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in pod["containers"][0].get("env", [])}
+        check("EMBER_AUTH_FILE" in env or "EMBER_AUTH_TOKENS" in env or "EMBER_ALLOW_ANONYMOUS" in env,
+              "scheduler: no clients' credentials (EMBER_AUTH_FILE or EMBER_AUTH_TOKENS) and no EMBER_ALLOW_ANONYMOUS")
+        if "EMBER_AUTH_FILE" in env:
+            path = env["EMBER_AUTH_FILE"].get("value", "")
+            mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0].get("volumeMounts", [])}
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            holder = next((n for m, n in mounts.items() if path.startswith(m + "/")), None)
+            check(holder is not None and "secret" in volumes.get(holder, {}),
+                  f"scheduler: the credentials file {path} is not mounted from a Secret")
 
     executor = deployments.get("ember-executor")
     if executor:

@@ -73,9 +73,30 @@ def main():
     parser.add_argument("--expected", required=True, type=pathlib.Path)
     parser.add_argument("--queries", required=True, type=pathlib.Path)
     parser.add_argument("--tpch", default="1,3,5,6,10,13,18")
+    parser.add_argument("--user", help="sign in as this user, with --password (the token)")
+    parser.add_argument("--password")
     args = parser.parse_args()
 
-    with flightsql.connect(args.uri) as conn:
+    credentials = {}
+    if args.user:
+        # Without credentials the cluster answers nothing.
+        try:
+            with flightsql.connect(args.uri) as conn, conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                cur.fetch_arrow_table()
+            sys.exit("a client without credentials was let in")
+        except adbc_driver_manager.Error as e:
+            if "credentials" not in str(e):
+                raise
+            print("without credentials: refused")
+        # The driver signs in (Flight SQL handshake, basic credentials) and calls with the
+        # bearer token the handshake returns.
+        credentials = {
+            adbc_driver_manager.DatabaseOptions.USERNAME.value: args.user,
+            adbc_driver_manager.DatabaseOptions.PASSWORD.value: args.password,
+        }
+
+    with flightsql.connect(args.uri, db_kwargs=credentials) as conn:
         # TPC-H queries, checked against single-node DataFusion.
         for q in args.tpch.split(","):
             sql = (args.queries / f"q{q}.sql").read_text()

@@ -82,6 +82,12 @@ impl TicketKey {
         self.bytes.to_vec()
     }
 
+    /// A key for another use (`purpose`), derived from this one: HMAC(key, purpose).
+    pub fn derive(&self, purpose: &str) -> [u8; TICKET_KEY_BYTES] {
+        let tag = hmac::sign(&self.key, purpose.as_bytes());
+        tag.as_ref().try_into().expect("HMAC-SHA256 has 32 bytes")
+    }
+
     /// A grant for `scope` until `expires_ms` (Unix milliseconds): `{expires}.{hex mac}`.
     pub fn grant(&self, scope: Scope<'_>, expires_ms: u64) -> String {
         let tag = hmac::sign(&self.key, &signed_text(scope, expires_ms));

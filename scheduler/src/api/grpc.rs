@@ -81,7 +81,7 @@ macro_rules! forward {
     ($self:ident, $request:ident, $method:ident) => {
         if let Some(mut leader) = $self.route()? {
             return leader
-                .$method($request.into_inner())
+                .$method(super::auth::forward($request))
                 .await
                 .map_err(leader_unreachable);
         }
@@ -108,6 +108,7 @@ impl SchedulerService for SchedulerGrpc {
         request: Request<pb::ExecuteQueryRequest>,
     ) -> Result<Response<pb::ExecuteQueryResponse>, Status> {
         forward!(self, request, execute_query);
+        let owner = super::auth::owner(&request);
         let req = request.into_inner();
         let query = match required(req.query, "query").map_err(err)? {
             pb::execute_query_request::Query::Sql(sql) => Query::Sql(sql),
@@ -115,7 +116,11 @@ impl SchedulerService for SchedulerGrpc {
         };
         let mut settings: Vec<_> = req.settings.into_iter().collect();
         settings.sort();
-        let job_id = self.scheduler.submit(query, settings).await.map_err(err)?;
+        let job_id = self
+            .scheduler
+            .submit(query, settings, owner)
+            .await
+            .map_err(err)?;
         Ok(Response::new(pb::ExecuteQueryResponse {
             job_id: job_id.to_string(),
         }))
@@ -143,7 +148,8 @@ impl SchedulerService for SchedulerGrpc {
         request: Request<pb::CancelJobRequest>,
     ) -> Result<Response<pb::CancelJobResponse>, Status> {
         forward!(self, request, cancel_job);
-        let id = job_id(request.into_inner().job_id)?;
+        let id = job_id(request.get_ref().job_id.clone())?;
+        super::auth::may_act_on(&request, self.scheduler.owner_of(&id).as_deref())?;
         if let Some(cancelled) = self.scheduler.cancel_script(id.as_str()) {
             return Ok(Response::new(pb::CancelJobResponse { cancelled }));
         }
@@ -156,7 +162,8 @@ impl SchedulerService for SchedulerGrpc {
         request: Request<pb::ReleaseJobRequest>,
     ) -> Result<Response<pb::ReleaseJobResponse>, Status> {
         forward!(self, request, release_job);
-        let id = job_id(request.into_inner().job_id)?;
+        let id = job_id(request.get_ref().job_id.clone())?;
+        super::auth::may_act_on(&request, self.scheduler.owner_of(&id).as_deref())?;
         self.scheduler.release(&id).map_err(err)?;
         Ok(Response::new(pb::ReleaseJobResponse {}))
     }
@@ -220,12 +227,13 @@ impl SchedulerService for SchedulerGrpc {
         request: Request<pb::SubmitScriptRequest>,
     ) -> Result<Response<pb::SubmitScriptResponse>, Status> {
         forward!(self, request, submit_script);
+        let owner = super::auth::owner(&request);
         let req = request.into_inner();
         let mut settings: Vec<_> = req.settings.into_iter().collect();
         settings.sort();
         let id = self
             .scheduler
-            .submit_script(req.name, req.statements, settings)
+            .submit_script(req.name, req.statements, settings, owner)
             .await
             .map_err(err)?;
         Ok(Response::new(pb::SubmitScriptResponse {

@@ -303,6 +303,29 @@ async fn follow_executors(sched: Arc<Scheduler>, fence: i64, mut revision: i64) 
 }
 
 impl Scheduler {
+    /// Every scheduler, standbys too, learns the cluster's key at start: session tokens are
+    /// signed with it, and a client may sign in at any scheduler.
+    pub(crate) async fn load_cluster_key(self: Arc<Self>) {
+        let mut backoff =
+            ember_core::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+        loop {
+            match ember_core::meta::ensure_ticket_key(self.store.as_ref(), &self.keys).await {
+                Ok(key) => {
+                    self.tickets.set_key(key.clone());
+                    self.auth.set_cluster_key(&key);
+                    return;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot read the cluster key yet; retrying");
+                    tokio::select! {
+                        _ = self.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff.next_pause()) => {}
+                    }
+                }
+            }
+        }
+    }
+
     /// Takes over as leader under `fence`: reads the live executors (when they register in
     /// the store), the catalog, the recorded jobs, commits and batch jobs, and hands them to the
     /// driver, which continues every unfinished job.
@@ -315,7 +338,8 @@ impl Scheduler {
             self.dispatch(Event::ExecutorsListed { executors });
         }
         let key = ember_core::meta::ensure_ticket_key(self.store.as_ref(), &self.keys).await?;
-        self.tickets.set_key(key);
+        self.tickets.set_key(key.clone());
+        self.auth.set_cluster_key(&key);
         catalog::restore(
             self.store.as_ref(),
             &self.keys,

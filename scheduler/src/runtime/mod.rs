@@ -7,6 +7,7 @@
 //! driver's lock only while the driver decides; effects run after it is released, as tracked
 //! tasks.
 
+mod admission;
 mod commit;
 pub(crate) mod executors;
 mod isolate;
@@ -101,6 +102,9 @@ pub struct Scheduler {
     lease_deadline: Mutex<Option<std::time::Instant>>,
     pub(crate) scripts: scripts::Scripts,
     pub(crate) tickets: Arc<tickets::Tickets>,
+    /// Who may call: credentials and session tokens.
+    pub auth: Arc<ember_core::auth::Authenticator>,
+    planning: admission::Planning,
     me: Weak<Scheduler>,
 }
 
@@ -112,7 +116,11 @@ impl std::fmt::Debug for Scheduler {
 
 impl Scheduler {
     /// A scheduler on the current tokio runtime (its background work runs there).
-    pub fn new(config: SchedulerConfig, store: Arc<dyn MetaStore>) -> Arc<Self> {
+    pub fn new(
+        config: SchedulerConfig,
+        store: Arc<dyn MetaStore>,
+        auth: Arc<ember_core::auth::Authenticator>,
+    ) -> Arc<Self> {
         let session = distributed_session_config(SessionConfig::new());
         // No cached file listings: files a write commits (or anyone adds) show at once.
         let caches = datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
@@ -154,6 +162,8 @@ impl Scheduler {
             lease_deadline: Mutex::new(None),
             scripts: Default::default(),
             tickets,
+            auth,
+            planning: Default::default(),
             me: me.clone(),
         })
     }
@@ -211,6 +221,7 @@ impl Scheduler {
             self.spawn(run);
         }
         self.spawn(leader::leadership(Arc::clone(self), address));
+        self.spawn(Arc::clone(self).load_cluster_key());
         let this = Arc::clone(self);
         let token = self.shutdown.clone();
         self.spawn(async move {
@@ -385,6 +396,18 @@ impl Scheduler {
         let mut status = self.read(|d| d.status(job_id, unix_ms()))?;
         self.tickets.sign(&mut status.result_partitions);
         Ok(status)
+    }
+
+    /// Who submitted a job or batch job, when known.
+    pub fn owner_of(&self, id: &JobId) -> Option<String> {
+        if let Some(owner) = self.scripts.owner_of(id.as_str()) {
+            return owner;
+        }
+        self.read(|d| match d.job(id) {
+            Some(JobEntry::Distributed(job)) => job.label.owner.clone(),
+            Some(JobEntry::Inline(result)) => result.label.owner.clone(),
+            None => None,
+        })
     }
 
     /// Cancels a job; false when it had already ended.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use ember_core::error::ErrorKind;
 use ember_core::job::{JobState, JobStatus, ScriptStatus};
 use ember_core::meta::Op;
-use ember_core::records::ScriptRecord;
+use ember_core::records::{JobLabel, ScriptRecord};
 use ember_core::shuffle::batches_from_ipc_stream;
 use ember_core::{EmberError, JobId, Result};
 use parking_lot::Mutex;
@@ -31,6 +31,22 @@ pub struct Scripts {
     /// Saves one at a time, each writing the record as it is then: a later save never writes
     /// an older state (a cancel is not undone by a step recorded concurrently).
     saving: tokio::sync::Mutex<()>,
+}
+
+impl Scripts {
+    /// `Some(owner)` when `id` is a batch job.
+    pub(super) fn owner_of(&self, id: &str) -> Option<Option<String>> {
+        self.records.lock().get(id).map(|r| r.owner.clone())
+    }
+
+    /// `owner`'s batch jobs that have not ended.
+    pub(super) fn in_flight_of(&self, owner: &str) -> usize {
+        self.records
+            .lock()
+            .values()
+            .filter(|r| !terminal(r.state) && r.owner.as_deref() == Some(owner))
+            .count()
+    }
 }
 
 fn terminal(state: JobState) -> bool {
@@ -59,7 +75,9 @@ impl Scheduler {
         name: String,
         statements: Vec<String>,
         settings: Vec<(String, String)>,
+        owner: Option<String>,
     ) -> Result<JobId> {
+        let _admitted = self.admit(owner.as_deref())?;
         let statements: Vec<String> = statements
             .into_iter()
             .map(|s| s.trim().to_string())
@@ -89,6 +107,7 @@ impl Scheduler {
             statement_rows: Vec::new(),
             stages_done_before: 0,
             tasks_done_before: 0,
+            owner,
         };
         if !self.persist_script(fence, &record).await? {
             return Err(super::not_leader());
@@ -238,9 +257,9 @@ impl Scheduler {
         }
         let sql = record.statements[record.statements_done as usize].clone();
         let settings = record.settings.clone();
-        let script = Some(id.to_string());
+        let label = JobLabel::new(Some(id.to_string()), "").owned_by(record.owner.clone());
         let job_id = self
-            .submit_as(job_id, Query::Sql(sql), settings, script)
+            .submit_as(job_id, Query::Sql(sql), settings, label)
             .await?;
         // A cancel that came while the statement was being planned found no job to cancel.
         let mut cancelled = false;

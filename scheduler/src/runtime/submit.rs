@@ -52,26 +52,32 @@ impl Scheduler {
     // ---- clients -------------------------------------------------------------------------
 
     /// Plans and starts a query; returns its job id. Planning errors come back here.
+    /// Plans and submits a query for `owner` (the authenticated client; `None` when unknown),
+    /// within its limit of jobs in flight.
     pub async fn submit(
         self: &Arc<Self>,
         query: Query,
         settings: Vec<(String, String)>,
+        owner: Option<String>,
     ) -> Result<JobId> {
-        self.submit_as(JobId::new_random(), query, settings, None)
+        let _admitted = self.admit(owner.as_deref())?;
+        let label = JobLabel::new(None, "").owned_by(owner);
+        self.submit_as(JobId::new_random(), query, settings, label)
             .await
     }
 
-    /// Like [`submit`](Self::submit), under an id chosen (and recorded) beforehand.
+    /// Like [`submit`](Self::submit), under an id chosen (and recorded) beforehand; `label`
+    /// says whose it is and of which batch job (its description is the query's).
     pub(crate) async fn submit_as(
         self: &Arc<Self>,
         job_id: JobId,
         query: Query,
         settings: Vec<(String, String)>,
-        script: Option<String>,
+        label: JobLabel,
     ) -> Result<JobId> {
         let this = Arc::clone(self);
         super::isolate::planned(async move {
-            this.plan_and_submit(job_id, query, settings, script).await
+            this.plan_and_submit(job_id, query, settings, label).await
         })
         .await
     }
@@ -81,10 +87,10 @@ impl Scheduler {
         job_id: JobId,
         query: Query,
         settings: Vec<(String, String)>,
-        script: Option<String>,
+        label: JobLabel,
     ) -> Result<JobId> {
         let start = Instant::now();
-        let label = JobLabel::new(script, &query.describe());
+        let label = JobLabel::new(label.script, &query.describe()).owned_by(label.owner);
         let partitions = self.shuffle_partitions();
         let (weight, settings) = job_weight(settings)?;
         let mut state = self.ctx.state();

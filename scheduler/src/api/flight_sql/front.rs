@@ -2,6 +2,7 @@
 //! call forwarded to the leader (streams too), so that a client may connect to any scheduler.
 
 use super::*;
+use crate::api::auth::{self, AUTHORIZATION};
 
 /// The Flight service on the scheduler's port: Flight SQL when this scheduler leads, the
 /// leader's when it stands by (every call is forwarded there, so a client may connect to any
@@ -35,12 +36,12 @@ impl FlightSqlFront {
 macro_rules! forward_flight {
     ($self:ident, $request:ident, $method:ident) => {
         if let Some(mut leader) = $self.leader()? {
-            return leader.$method($request.into_inner()).await;
+            return leader.$method(crate::api::auth::forward($request)).await;
         }
     };
     ($self:ident, $request:ident, $method:ident, stream) => {
         if let Some(mut leader) = $self.leader()? {
-            let answer = leader.$method($request.into_inner()).await?;
+            let answer = leader.$method(crate::api::auth::forward($request)).await?;
             return Ok(Response::new(answer.into_inner().boxed()));
         }
     };
@@ -79,13 +80,24 @@ pub(super) fn forward_input<T: Send + 'static>(
 /// boxed as `Send` on their own).
 pub(super) fn forward_handshake(
     mut leader: FlightServiceClient<Channel>,
-    input: Streaming<HandshakeRequest>,
+    request: Request<Streaming<HandshakeRequest>>,
 ) -> futures::future::BoxFuture<'static, Result<Response<FlightStream<HandshakeResponse>>, Status>>
 {
-    let (input, broken) = forward_input(input);
+    let credentials = auth::credentials(&request);
+    let (input, broken) = forward_input(request.into_inner());
+    let input = auth::with_credentials(credentials, input);
     Box::pin(async move {
         tokio::select! {
-            answer = leader.handshake(input) => Ok(Response::new(answer?.into_inner().boxed())),
+            answer = leader.handshake(input) => {
+                // The session token comes back in the answer's header.
+                let answer = answer?;
+                let token = answer.metadata().get(AUTHORIZATION).cloned();
+                let mut response = Response::new(answer.into_inner().boxed());
+                if let Some(token) = token {
+                    response.metadata_mut().insert(AUTHORIZATION, token);
+                }
+                Ok(response)
+            }
             Ok(status) = broken => Err(status),
         }
     })
@@ -93,9 +105,11 @@ pub(super) fn forward_handshake(
 
 pub(super) fn forward_do_put(
     mut leader: FlightServiceClient<Channel>,
-    input: Streaming<FlightData>,
+    request: Request<Streaming<FlightData>>,
 ) -> futures::future::BoxFuture<'static, Result<Response<FlightStream<PutResult>>, Status>> {
-    let (input, broken) = forward_input(input);
+    let credentials = auth::credentials(&request);
+    let (input, broken) = forward_input(request.into_inner());
+    let input = auth::with_credentials(credentials, input);
     Box::pin(async move {
         tokio::select! {
             answer = leader.do_put(input) => Ok(Response::new(answer?.into_inner().boxed())),
@@ -106,9 +120,11 @@ pub(super) fn forward_do_put(
 
 pub(super) fn forward_do_exchange(
     mut leader: FlightServiceClient<Channel>,
-    input: Streaming<FlightData>,
+    request: Request<Streaming<FlightData>>,
 ) -> futures::future::BoxFuture<'static, Result<Response<FlightStream<FlightData>>, Status>> {
-    let (input, broken) = forward_input(input);
+    let credentials = auth::credentials(&request);
+    let (input, broken) = forward_input(request.into_inner());
+    let input = auth::with_credentials(credentials, input);
     Box::pin(async move {
         tokio::select! {
             answer = leader.do_exchange(input) => Ok(Response::new(answer?.into_inner().boxed())),
@@ -132,7 +148,7 @@ impl FlightService for FlightSqlFront {
         request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
         if let Some(leader) = self.leader()? {
-            return forward_handshake(leader, request.into_inner()).await;
+            return forward_handshake(leader, request).await;
         }
         FlightService::handshake(&self.sql, request).await
     }
@@ -182,7 +198,7 @@ impl FlightService for FlightSqlFront {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
         if let Some(leader) = self.leader()? {
-            return forward_do_put(leader, request.into_inner()).await;
+            return forward_do_put(leader, request).await;
         }
         FlightService::do_put(&self.sql, request).await
     }
@@ -192,7 +208,7 @@ impl FlightService for FlightSqlFront {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoExchangeStream>, Status> {
         if let Some(leader) = self.leader()? {
-            return forward_do_exchange(leader, request.into_inner()).await;
+            return forward_do_exchange(leader, request).await;
         }
         FlightService::do_exchange(&self.sql, request).await
     }

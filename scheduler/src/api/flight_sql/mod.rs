@@ -119,13 +119,37 @@ impl FlightSqlGrpc {
 impl FlightSqlService for FlightSqlGrpc {
     type FlightService = FlightSqlGrpc;
 
+    /// Signing in: the credentials in the header (already checked) become a session token,
+    /// in the answer's `authorization` header and payload. Anonymous callers get none.
+    async fn do_handshake(
+        &self,
+        request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<FlightStream<HandshakeResponse>>, Status> {
+        let Some(header) = crate::api::auth::credentials(&request) else {
+            let empty = HandshakeResponse::default();
+            return Ok(Response::new(stream::iter([Ok(empty)]).boxed()));
+        };
+        let session = self.scheduler.auth.issue_session(header.as_bytes())?;
+        let bearer = ember_core::auth::bearer(&session).map_err(err)?;
+        let answer = HandshakeResponse {
+            protocol_version: 0,
+            payload: Bytes::from(session),
+        };
+        let mut response = Response::new(stream::iter([Ok(answer)]).boxed());
+        response
+            .metadata_mut()
+            .insert(crate::api::auth::AUTHORIZATION, bearer);
+        Ok(response)
+    }
+
     async fn get_flight_info_statement(
         &self,
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
+        let owner = crate::api::auth::owner(&request);
         let job_id = self
-            .submit(Query::Sql(number_placeholders(&query.query)))
+            .submit(Query::Sql(number_placeholders(&query.query)), owner)
             .await?;
         self.job_info(job_id, request.into_inner()).await
     }
@@ -136,11 +160,15 @@ impl FlightSqlService for FlightSqlGrpc {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         let prepared = self.prepared(&query.prepared_statement_handle)?;
+        let owner = crate::api::auth::owner(&request);
         let job_id = self
-            .submit(Query::Prepared {
-                sql: prepared.sql,
-                params: prepared.params,
-            })
+            .submit(
+                Query::Prepared {
+                    sql: prepared.sql,
+                    params: prepared.params,
+                },
+                owner,
+            )
             .await?;
         self.job_info(job_id, request.into_inner()).await
     }
@@ -275,9 +303,10 @@ impl FlightSqlService for FlightSqlGrpc {
     async fn do_put_statement_update(
         &self,
         command: CommandStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.run_update(Query::Sql(number_placeholders(&command.query)))
+        let owner = crate::api::auth::owner(&request);
+        self.run_update(Query::Sql(number_placeholders(&command.query)), owner)
             .await
     }
 
@@ -303,13 +332,17 @@ impl FlightSqlService for FlightSqlGrpc {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
         let prepared = self.prepared(&query.prepared_statement_handle)?;
+        let owner = crate::api::auth::owner(&request);
         let params = Self::bound_values(request.into_inner())
             .await?
             .unwrap_or(prepared.params);
-        self.run_update(Query::Prepared {
-            sql: prepared.sql,
-            params,
-        })
+        self.run_update(
+            Query::Prepared {
+                sql: prepared.sql,
+                params,
+            },
+            owner,
+        )
         .await
     }
 

@@ -6,8 +6,15 @@ use ember_core::error::ErrorKind;
 use super::*;
 
 impl FlightSqlGrpc {
-    pub(super) async fn submit(&self, query: Query) -> Result<JobId, Status> {
-        self.scheduler.submit(query, Vec::new()).await.map_err(err)
+    pub(super) async fn submit(
+        &self,
+        query: Query,
+        owner: Option<String>,
+    ) -> Result<JobId, Status> {
+        self.scheduler
+            .submit(query, Vec::new(), owner)
+            .await
+            .map_err(err)
     }
 
     /// Waits until the job has finished; a failed or cancelled job is the error.
@@ -129,8 +136,12 @@ impl FlightSqlGrpc {
 
     /// Runs a statement to its end and counts the rows it changed (the `count` column DML
     /// answers with; 0 for statements without one).
-    pub(super) async fn run_update(&self, query: Query) -> Result<i64, Status> {
-        let job_id = self.submit(query).await?;
+    pub(super) async fn run_update(
+        &self,
+        query: Query,
+        owner: Option<String>,
+    ) -> Result<i64, Status> {
+        let job_id = self.submit(query, owner).await?;
         let cancel = CancelOnDrop::new(&self.scheduler, &job_id);
         let status = self.finished(&job_id).await?;
         cancel.disarm();
