@@ -97,6 +97,10 @@ pub struct ProbeArgs {
     /// The path to ask.
     #[arg(long, default_value = "/healthz")]
     pub path: String,
+
+    /// With a certificate (the process serves HTTPS), ask over TLS, trusting --tls-ca.
+    #[command(flatten)]
+    pub tls: ember_core::tls::TlsOptions,
 }
 
 /// A running cluster to talk to (batch jobs need one that outlives this process).

@@ -97,6 +97,17 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 
 /// `GET path` with `authorization: Bearer TOKEN` when a token is given.
 pub fn http_get_as(port: u16, path: &str, token: Option<&str>) -> std::io::Result<(u16, String)> {
+    http_get_with(port, path, token, None)
+}
+
+/// `GET path` on 127.0.0.1, with `authorization: Bearer TOKEN` when a token is given, over
+/// TLS trusting the CA `ca` (PEM) when given (the certificate must name 127.0.0.1).
+pub fn http_get_with(
+    port: u16,
+    path: &str,
+    token: Option<&str>,
+    ca: Option<&[u8]>,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let timeout = std::time::Duration::from_secs(2);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -105,12 +116,28 @@ pub fn http_get_as(port: u16, path: &str, token: Option<&str>) -> std::io::Resul
     let authorization = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    write!(
-        stream,
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{authorization}Connection: close\r\n\r\n"
-    )?;
+    );
     let mut response = String::new();
-    stream.read_to_string(&mut response)?;
+    match ca {
+        None => {
+            stream.write_all(request.as_bytes())?;
+            stream.read_to_string(&mut response)?;
+        }
+        Some(ca) => {
+            let mut tls = rustls::StreamOwned::new(tls_client(ca)?, stream);
+            tls.write_all(request.as_bytes())?;
+            match tls.read_to_string(&mut response) {
+                // A server may close without TLS's goodbye once the response is complete.
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {
+                }
+                other => {
+                    other?;
+                }
+            }
+        }
+    }
     let status = response
         .split_whitespace()
         .nth(1)
@@ -123,11 +150,38 @@ pub fn http_get_as(port: u16, path: &str, token: Option<&str>) -> std::io::Resul
     Ok((status, body))
 }
 
+/// A TLS client connection to 127.0.0.1 that trusts the CA `ca` (PEM).
+fn tls_client(ca: &[u8]) -> std::io::Result<rustls::ClientConnection> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca) {
+        roots
+            .add(cert.map_err(std::io::Error::other)?)
+            .map_err(std::io::Error::other)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(std::io::Error::other)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    rustls::ClientConnection::new(std::sync::Arc::new(config), name).map_err(std::io::Error::other)
+}
+
 /// `GET path` on each port in turn; succeeds on the first 200.
 fn probe(args: &cli::ProbeArgs) -> anyhow::Result<()> {
+    // A process given a certificate serves HTTPS: ask it so, trusting the cluster's CA.
+    let ca = match (&args.tls.tls_cert, &args.tls.tls_ca) {
+        (Some(_), Some(ca)) => {
+            Some(std::fs::read(ca).map_err(|e| anyhow::anyhow!("reading {}: {e}", ca.display()))?)
+        }
+        (Some(_), None) => anyhow::bail!("probing an HTTPS endpoint needs the CA (--tls-ca)"),
+        _ => None,
+    };
     let mut last = String::from("no port given");
     for port in &args.ports {
-        match http_get(*port, &args.path) {
+        match http_get_with(*port, &args.path, None, ca.as_deref()) {
             Ok((200, _)) => return Ok(()),
             Ok((status, _)) => last = format!("port {port}: HTTP {status}"),
             Err(e) => last = format!("port {port}: {e}"),

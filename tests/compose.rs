@@ -78,8 +78,10 @@ impl Drop for Compose {
 
 /// A metric's value, `None` while the process does not answer (starting, killed).
 fn metric(port: u16, name: &str) -> Option<f64> {
+    // Over HTTPS (the processes have certificates), with the test's token.
     let token = TOKEN.get().map(String::as_str);
-    let (status, body) = ember::http_get_as(port, "/metrics", token).ok()?;
+    let ca = CA.get().map(Vec::as_slice);
+    let (status, body) = ember::http_get_with(port, "/metrics", token, ca).ok()?;
     if status != 200 {
         return None;
     }

@@ -21,6 +21,7 @@ mod object_store;
 mod ops;
 mod plan_snapshots;
 mod planner_traps;
+mod secure;
 mod slt;
 mod tls;
 mod tpch;

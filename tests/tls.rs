@@ -265,3 +265,111 @@ fn a_cluster_keeps_its_state_in_etcd_over_mutual_tls() {
         "etcd answered a client without a certificate"
     );
 }
+
+/// A TLS channel like [`channel`], or why it could not be opened.
+async fn try_channel(port: u16, certs: &Path) -> Result<Channel, String> {
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
+    Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// Whether a client trusting `certs`' CA gets an answer on the gRPC port and on the HTTPS one.
+async fn trusted(port: u16, http: u16, certs: &Path) -> (bool, bool) {
+    let grpc = match try_channel(port, certs).await {
+        Ok(channel) => SchedulerServiceClient::new(channel)
+            .list_executors(pb::ListExecutorsRequest::default())
+            .await
+            .is_ok(),
+        Err(_) => false,
+    };
+    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
+    let https = matches!(
+        ember::http_get_with(http, "/healthz", None, Some(&ca)),
+        Ok((200, _))
+    );
+    (grpc, https)
+}
+
+/// Certificates are read again when their files change: a scheduler whose files are replaced
+/// (by another CA's, each file renamed into place) serves the new ones on its gRPC and HTTPS
+/// ports without a restart. The HTTP port speaks TLS only, and `ember probe` asks it so.
+#[test]
+fn certificates_reload_without_a_restart_on_every_port() {
+    let work = tempfile::tempdir().unwrap();
+    let (first, second, live) = (
+        work.path().join("first"),
+        work.path().join("second"),
+        work.path().join("live"),
+    );
+    certs(&first);
+    certs(&second);
+    std::fs::create_dir(&live).unwrap();
+    let files = ["ca.pem", "scheduler.pem", "scheduler.key"];
+    let install = |from: &Path| {
+        for file in files {
+            let staged = live.join(format!("{file}.new"));
+            std::fs::copy(from.join(file), &staged).unwrap();
+            std::fs::rename(&staged, live.join(file)).unwrap();
+        }
+    };
+    install(&first);
+    let (port_file, http_file) = (work.path().join("port"), work.path().join("http"));
+    let mut scheduler = spawn_guarded(
+        Command::new(ember_bin())
+            .args(["scheduler", "--bind", "127.0.0.1:0", "--port-file"])
+            .arg(&port_file)
+            .args(["--http-bind", "127.0.0.1:0", "--http-port-file"])
+            .arg(&http_file)
+            .env("EMBER_TLS_CERT", live.join("scheduler.pem"))
+            .env("EMBER_TLS_KEY", live.join("scheduler.key"))
+            .env("EMBER_TLS_CA", live.join("ca.pem"))
+            .env("EMBER_ALLOW_ANONYMOUS", "true")
+            .stdout(Stdio::null()),
+    );
+    let port = wait_for_port(&port_file, &mut scheduler.0);
+    let http = wait_for_port(&http_file, &mut scheduler.0);
+
+    // The HTTP port speaks TLS only; the image's healthcheck asks it over TLS.
+    assert!(
+        !matches!(ember::http_get(http, "/healthz"), Ok((200, _))),
+        "plaintext HTTP answered"
+    );
+    let env: Vec<(&str, std::path::PathBuf)> = vec![
+        ("EMBER_TLS_CERT", live.join("scheduler.pem")),
+        ("EMBER_TLS_KEY", live.join("scheduler.key")),
+        ("EMBER_TLS_CA", live.join("ca.pem")),
+    ];
+    let env: Vec<(&str, &Path)> = env.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    let probe = ember(&["probe", "--ports", &http.to_string()], &env);
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        assert_eq!(trusted(port, http, &first).await, (true, true));
+        assert_eq!(trusted(port, http, &second).await, (false, false));
+        install(&second);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while trusted(port, http, &second).await != (true, true) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the new certificates were not served within 15 s"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(trusted(port, http, &first).await, (false, false));
+    });
+    assert!(
+        matches!(scheduler.0.try_wait(), Ok(None)),
+        "the scheduler restarted or died"
+    );
+}

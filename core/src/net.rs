@@ -11,6 +11,9 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{EmberError, Result};
 
+mod idle;
+pub use idle::{IdleBody, IdleTimeout};
+
 /// Refuses `url` unless it is `http://HOST:PORT` (or `https://`).
 pub fn check_url(url: &str) -> Result<Uri> {
     let bad = || EmberError::User(format!("{url:?} is not a URL of the form http://HOST:PORT"));

@@ -9,10 +9,15 @@
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
 
-use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
+use parking_lot::Mutex;
+use tonic::transport::{Certificate, ClientTlsConfig, Identity};
 
 use crate::error::{EmberError, Result};
+
+mod server;
+pub use server::{Accepted, Alpn, ServerTls, accept, incoming, serve};
 
 /// TLS settings shared by every command.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
@@ -29,30 +34,26 @@ pub struct TlsOptions {
     /// must present a certificate it signed.
     #[arg(long, env = "EMBER_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
+
+    /// The name every peer's certificate must hold, instead of the host dialed: for clusters
+    /// whose processes are dialed by addresses no certificate can name in advance (pods by
+    /// IP). `ember certs` puts `ember.cluster` in the schedulers' and executors' certificates.
+    #[arg(long, env = "EMBER_TLS_SERVER_NAME", requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
 }
 
-fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
+pub(crate) fn read(path: &PathBuf, what: &str) -> Result<Vec<u8>> {
     std::fs::read(path)
         .map_err(|e| EmberError::User(format!("reading the TLS {what} {}: {e}", path.display())))
 }
 
 impl TlsOptions {
-    /// What the ports this process serves use, when a certificate is given. With a CA too,
-    /// peers may present a certificate it signed (mutual TLS), whose role cluster calls
-    /// require ([`require_role`]); clients without one still reach what grants or tokens
-    /// guard.
-    pub fn server(&self) -> Result<Option<ServerTlsConfig>> {
-        let Some(identity) = self.identity()? else {
-            return Ok(None);
-        };
-        let mut config = ServerTlsConfig::new().identity(identity);
-        if let Some(ca) = &self.tls_ca {
-            config = config
-                .client_ca_root(Certificate::from_pem(read(ca, "CA")?))
-                .client_auth_optional(true);
-            MUTUAL.store(true, std::sync::atomic::Ordering::Relaxed);
-        }
-        Ok(Some(config))
+    /// What the ports this process serves use, when a certificate is given (reloaded when
+    /// its files change). With a CA too, peers may present a certificate it signed (mutual
+    /// TLS), whose role cluster calls require ([`require_role`]); clients without one still
+    /// reach what grants or tokens guard.
+    pub fn server(&self, alpn: Alpn) -> Result<Option<std::sync::Arc<ServerTls>>> {
+        ServerTls::new(self, alpn)
     }
 
     fn identity(&self) -> Result<Option<Identity>> {
@@ -66,19 +67,35 @@ impl TlsOptions {
     }
 
     /// Makes every connection this process dials use TLS, trusting `--tls-ca` (nothing
-    /// changes without it). Call once, at start; a second, different call is an error.
+    /// changes without it). Call once, at start; a second, different call is an error. The
+    /// files are read again when they change (connections dialed later use the new ones).
     pub fn install(&self) -> Result<()> {
-        let Some(ca) = &self.tls_ca else {
+        if self.tls_ca.is_none() {
             return Ok(());
+        }
+        let config = self.client_config()?;
+        let chosen = self.clone();
+        let installed = CLIENT.get_or_init(|| Dialing {
+            options: chosen,
+            state: Mutex::new((config, stamps(self), Instant::now())),
+        });
+        if installed.options != *self {
+            return Err(EmberError::Internal(
+                "this process already dials with other TLS settings".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn client_config(&self) -> Result<ClientTlsConfig> {
+        let Some(ca_path) = &self.tls_ca else {
+            return Err(EmberError::Internal("no TLS CA to dial with".into()));
         };
-        let ca = read(ca, "CA")?;
+        let ca = read(ca_path, "CA")?;
         if ca_pem_is_empty(&ca) {
             return Err(EmberError::User(format!(
                 "the TLS CA {} holds no certificate",
-                self.tls_ca
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_default()
+                ca_path.display()
             )));
         }
         let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca));
@@ -86,26 +103,57 @@ impl TlsOptions {
         if let Some(identity) = self.identity()? {
             config = config.identity(identity);
         }
-        let chosen = self.clone();
-        let installed = CLIENT.get_or_init(|| (chosen, config));
-        if installed.0 != *self {
-            return Err(EmberError::Internal(
-                "this process already dials with other TLS settings".into(),
-            ));
+        if let Some(name) = &self.tls_server_name {
+            config = config.domain_name(name.clone());
         }
-        Ok(())
+        Ok(config)
     }
+}
+
+/// The TLS files' modification times and lengths, to notice a change.
+fn stamps(options: &TlsOptions) -> Vec<Option<(SystemTime, u64)>> {
+    [&options.tls_cert, &options.tls_key, &options.tls_ca]
+        .into_iter()
+        .map(|path| {
+            let meta = std::fs::metadata(path.as_ref()?).ok()?;
+            Some((meta.modified().ok()?, meta.len()))
+        })
+        .collect()
+}
+
+type ClientState = (ClientTlsConfig, Vec<Option<(SystemTime, u64)>>, Instant);
+
+/// What this process dials with, and its files as last read.
+struct Dialing {
+    options: TlsOptions,
+    state: Mutex<ClientState>,
 }
 
 fn ca_pem_is_empty(pem: &[u8]) -> bool {
     !String::from_utf8_lossy(pem).contains("-----BEGIN CERTIFICATE-----")
 }
 
-static CLIENT: OnceLock<(TlsOptions, ClientTlsConfig)> = OnceLock::new();
+static CLIENT: OnceLock<Dialing> = OnceLock::new();
 
-/// The TLS this process dials with, if installed.
+/// The TLS this process dials with, if installed (read again when its files changed).
 pub fn client() -> Option<ClientTlsConfig> {
-    CLIENT.get().map(|(_, config)| config.clone())
+    let dialing = CLIENT.get()?;
+    let mut state = dialing.state.lock();
+    if state.2.elapsed() >= Duration::from_secs(1) {
+        state.2 = Instant::now();
+        let now = stamps(&dialing.options);
+        if now != state.1 {
+            match dialing.options.client_config() {
+                Ok(config) => {
+                    tracing::info!("TLS certificates for dialing reloaded");
+                    state.0 = config;
+                    state.1 = now;
+                }
+                Err(e) => tracing::warn!(error = %e, "TLS certificates for dialing not reloaded"),
+            }
+        }
+    }
+    Some(state.0.clone())
 }
 
 /// Whether this process dials over TLS.

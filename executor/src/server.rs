@@ -104,7 +104,11 @@ impl ExecutorHandle {
 pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     // TLS first: everything this process dials from here on uses it.
     config.cluster.connection.tls.install()?;
-    let server_tls = config.cluster.connection.tls.server()?;
+    let server_tls = config
+        .cluster
+        .connection
+        .tls
+        .server(ember_core::tls::Alpn::Http2)?;
     let listener = TcpListener::bind(&config.bind)
         .await
         .map_err(|e| EmberError::User(format!("cannot listen on {}: {e}", config.bind)))?;
@@ -211,21 +215,14 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
     ))
     .max_decoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES)
     .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES);
-    let incoming = ember_core::net::incoming(listener);
     let token = shutdown.clone();
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(server_tls) = server_tls {
-        builder = builder
-            .tls_config(server_tls)
-            .map_err(|e| EmberError::User(format!("TLS: {e}")))?;
-    }
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(grpc)
+        .add_service(flight);
     tasks.spawn(async move {
-        let served = builder
-            .tcp_nodelay(true)
-            .add_service(grpc)
-            .add_service(flight)
-            .serve_with_incoming_shutdown(incoming, token.cancelled_owned())
-            .await;
+        let served =
+            ember_core::tls::serve(router, listener, server_tls, token.cancelled_owned()).await;
         if let Err(e) = served {
             tracing::error!(error = %e, "executor server stopped");
         }
@@ -253,8 +250,20 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
             slots,
             memory_limit,
         });
-        let server =
-            ember_ops::serve(http_bind, crate::config::DEFAULT_HTTP_BIND, ops, None).await?;
+        let server = ember_ops::serve(
+            http_bind,
+            crate::config::DEFAULT_HTTP_BIND,
+            ops,
+            ember_ops::Access {
+                auth: None,
+                tls: config
+                    .cluster
+                    .connection
+                    .tls
+                    .server(ember_core::tls::Alpn::Http1)?,
+            },
+        )
+        .await?;
         if let Some(path) = &config.http_port_file {
             std::fs::write(path, server.local_addr.port().to_string())?;
         }

@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ember_core::auth::Authenticator;
+use ember_core::tls::ServerTls;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -182,13 +183,45 @@ impl OpsServer {
 /// Serves `/healthz`, `/readyz` and `/metrics` on `bind` (port 0 picks one). When `bind` is
 /// the process's `default` and that port is taken (another Ember process on the same host),
 /// a free port is taken instead, and logged; an address someone chose must be free.
-/// `/metrics` asks `auth` for credentials when given.
+/// Who may read what the endpoint serves, and how it is reached.
+#[derive(Debug, Default)]
+pub struct Access {
+    /// `/metrics` asks it for credentials, when given.
+    pub auth: Option<Arc<Authenticator>>,
+    /// HTTPS, when given (the process's certificate).
+    pub tls: Option<Arc<ServerTls>>,
+}
+
+/// TLS connections, as axum takes them.
+struct TlsListener {
+    accepted: tokio::sync::mpsc::Receiver<ember_core::tls::Accepted>,
+    local_addr: SocketAddr,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(accepted) => accepted,
+            // The acceptor ends only with this listener: wait for the shutdown.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local_addr)
+    }
+}
+
 pub async fn serve(
     bind: &str,
     default: &str,
     ops: Arc<dyn Ops>,
-    auth: Option<Arc<Authenticator>>,
+    access: Access,
 ) -> Result<OpsServer> {
+    let Access { auth, tls } = access;
     let listener = match TcpListener::bind(bind).await {
         Ok(listener) => listener,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && bind == default => {
@@ -219,9 +252,22 @@ pub async fn serve(
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(token.cancelled_owned())
-            .await;
+        let served = match tls {
+            Some(tls) => {
+                let listener = TlsListener {
+                    accepted: ember_core::tls::accept(listener, tls),
+                    local_addr,
+                };
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+            }
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(token.cancelled_owned())
+                    .await
+            }
+        };
         if let Err(e) = served {
             tracing::warn!(error = %e, "the HTTP endpoint stopped");
         }
@@ -251,13 +297,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_taken_default_port_falls_back_to_a_free_one_and_a_chosen_one_does_not() {
-        let first = serve("127.0.0.1:0", "127.0.0.1:0", Arc::new(Up), None)
+        let first = serve(
+            "127.0.0.1:0",
+            "127.0.0.1:0",
+            Arc::new(Up),
+            Access::default(),
+        )
+        .await
+        .unwrap();
+        let taken = first.local_addr.to_string();
+        let second = serve(&taken, &taken, Arc::new(Up), Access::default())
             .await
             .unwrap();
-        let taken = first.local_addr.to_string();
-        let second = serve(&taken, &taken, Arc::new(Up), None).await.unwrap();
         assert_ne!(second.local_addr, first.local_addr);
-        let chosen = serve(&taken, "127.0.0.1:9090", Arc::new(Up), None).await;
+        let chosen = serve(&taken, "127.0.0.1:9090", Arc::new(Up), Access::default()).await;
         assert!(
             matches!(&chosen, Err(EmberError::User(m)) if m.contains(&taken)),
             "{chosen:?}"

@@ -101,6 +101,12 @@ pub struct SchedulerConfig {
     /// one) may have planned or running at once; 0 for no limit.
     #[arg(long, env = "EMBER_MAX_JOBS_PER_CLIENT", default_value_t = 64)]
     pub max_jobs_per_client: usize,
+
+    /// Longest a client may keep the scheduler waiting, in seconds, while it sends a request
+    /// (a statement, a plan, uploaded rows); a stalled request fails with `deadline
+    /// exceeded`. The scheduler's own time on a request (planning, running it) does not count.
+    #[arg(long, env = "EMBER_CLIENT_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub client_idle_timeout_secs: u64,
 }
 
 /// The built-in defaults for a scheduler embedded in another program (no `EMBER_*` variable is

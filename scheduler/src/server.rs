@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ember_core::meta::{EtcdStore, MemoryStore, MetaStore};
+use ember_core::net::IdleTimeout;
 use ember_core::{EmberError, Result};
 use ember_proto::pb::scheduler_service_server::SchedulerServiceServer;
 use tokio::net::TcpListener;
@@ -66,7 +67,8 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
     }
     // TLS first: everything this process dials from here on uses it.
     config.cluster.tls.install()?;
-    let server_tls = config.cluster.tls.server()?;
+    let server_tls = config.cluster.tls.server(ember_core::tls::Alpn::Http2)?;
+    let http_tls = config.cluster.tls.server(ember_core::tls::Alpn::Http1)?;
     let listener = TcpListener::bind(&config.bind)
         .await
         .map_err(|e| EmberError::User(format!("cannot listen on {}: {e}", config.bind)))?;
@@ -104,48 +106,56 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
     // Every call names its caller first (a token, a cluster certificate, or anonymous where
     // allowed), or is refused.
     let guard = crate::api::auth::interceptor(Arc::clone(&auth));
-    let service = InterceptedService::new(
-        SchedulerServiceServer::new(SchedulerGrpc::new(Arc::clone(&scheduler)))
+    // A client that stalls while sending its request is cut off.
+    let idle = Duration::from_secs(scheduler.config.client_idle_timeout_secs.max(1));
+    let service = IdleTimeout::new(
+        InterceptedService::new(
+            SchedulerServiceServer::new(SchedulerGrpc::new(Arc::clone(&scheduler)))
+                .max_decoding_message_size(max_request)
+                .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES),
+            guard.clone(),
+        ),
+        idle,
+    );
+    let flight = IdleTimeout::new(
+        InterceptedService::new(
+            FlightServiceServer::new(FlightSqlFront::new(
+                Arc::clone(&scheduler),
+                scheduler.config.flight_results,
+            ))
             .max_decoding_message_size(max_request)
             .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES),
-        guard.clone(),
-    );
-    let flight = InterceptedService::new(
-        FlightServiceServer::new(FlightSqlFront::new(
-            Arc::clone(&scheduler),
-            scheduler.config.flight_results,
-        ))
-        .max_decoding_message_size(max_request)
-        .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES),
-        guard,
+            guard,
+        ),
+        idle,
     );
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
-    let incoming = ember_core::net::incoming(listener);
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(server_tls) = server_tls {
-        builder = builder
-            .tls_config(server_tls)
-            .map_err(|e| EmberError::User(format!("TLS: {e}")))?;
-    }
-    let server = tokio::spawn(
-        builder
-            .tcp_nodelay(true)
-            // A client that vanished without closing its connection is noticed and dropped.
-            .tcp_keepalive(Some(Duration::from_secs(60)))
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-            .add_service(service)
-            .add_service(flight)
-            .serve_with_incoming_shutdown(incoming, token.cancelled_owned()),
-    );
+    let router = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // A client that vanished without closing its connection is noticed and dropped.
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(service)
+        .add_service(flight);
+    let server = tokio::spawn(ember_core::tls::serve(
+        router,
+        listener,
+        server_tls,
+        token.cancelled_owned(),
+    ));
     tracing::info!(%local_addr, "scheduler listening");
     let http = match config_http(&scheduler) {
         Some(bind) => {
             let ops: Arc<dyn ember_ops::Ops> = Arc::new(SchedulerOps(Arc::clone(&scheduler)));
             let auth = Some(Arc::clone(&scheduler.auth));
+            let access = ember_ops::Access {
+                auth,
+                tls: http_tls,
+            };
             let server =
-                ember_ops::serve(&bind, crate::config::DEFAULT_HTTP_BIND, ops, auth).await?;
+                ember_ops::serve(&bind, crate::config::DEFAULT_HTTP_BIND, ops, access).await?;
             if let Some(path) = &scheduler.config.http_port_file {
                 std::fs::write(path, server.local_addr.port().to_string())?;
             }
