@@ -373,3 +373,52 @@ fn certificates_reload_without_a_restart_on_every_port() {
         "the scheduler restarted or died"
     );
 }
+
+/// Processes dialed by addresses their certificates do not name (pods by IP) are checked for
+/// the cluster's name instead: refused without `--tls-server-name`, answered with it.
+#[test]
+fn peers_dialed_by_unnamed_addresses_are_checked_for_the_cluster_name() {
+    let work = tempfile::tempdir().unwrap();
+    let certs = work.path().join("certs");
+    // Valid for `localhost` and the cluster's name only, not for 127.0.0.1.
+    let out = ember(
+        &[
+            "certs",
+            "--hosts",
+            "localhost",
+            "--out",
+            &certs.display().to_string(),
+        ],
+        &[],
+    );
+    assert!(out.status.success());
+    let port_file = work.path().join("port");
+    let mut scheduler = spawn_guarded(
+        Command::new(ember_bin())
+            .args(["scheduler", "--bind", "127.0.0.1:0", "--http-bind", "off"])
+            .arg("--port-file")
+            .arg(&port_file)
+            .env("EMBER_TLS_CERT", certs.join("scheduler.pem"))
+            .env("EMBER_TLS_KEY", certs.join("scheduler.key"))
+            .env("EMBER_TLS_CA", certs.join("ca.pem"))
+            .env("EMBER_ALLOW_ANONYMOUS", "true")
+            .stdout(Stdio::null()),
+    );
+    let port = wait_for_port(&port_file, &mut scheduler.0);
+    let url = format!("https://127.0.0.1:{port}");
+    let ca = certs.join("ca.pem");
+    let sql = |env: &[(&str, &Path)]| ember(&["sql", "--scheduler", &url, "-c", "SELECT 1"], env);
+    let by_address = sql(&[("EMBER_TLS_CA", &ca)]);
+    assert!(!by_address.status.success());
+    let stderr = String::from_utf8_lossy(&by_address.stderr);
+    assert!(stderr.to_lowercase().contains("certificate"), "{stderr}");
+    let by_name = sql(&[
+        ("EMBER_TLS_CA", &ca),
+        ("EMBER_TLS_SERVER_NAME", Path::new("ember.cluster")),
+    ]);
+    assert!(
+        by_name.status.success(),
+        "{}",
+        String::from_utf8_lossy(&by_name.stderr)
+    );
+}

@@ -103,9 +103,6 @@ impl TlsOptions {
         if let Some(identity) = self.identity()? {
             config = config.identity(identity);
         }
-        if let Some(name) = &self.tls_server_name {
-            config = config.domain_name(name.clone());
-        }
         Ok(config)
     }
 }
@@ -135,8 +132,22 @@ fn ca_pem_is_empty(pem: &[u8]) -> bool {
 
 static CLIENT: OnceLock<Dialing> = OnceLock::new();
 
-/// The TLS this process dials with, if installed (read again when its files changed).
+/// The TLS this process dials the cluster's processes with, if installed (read again when its
+/// files changed); with `--tls-server-name`, peers' certificates are checked for that name.
 pub fn client() -> Option<ClientTlsConfig> {
+    let (config, options) = current()?;
+    Some(match &options.tls_server_name {
+        Some(name) => config.domain_name(name.clone()),
+        None => config,
+    })
+}
+
+/// The same for a service outside the cluster (etcd): checked for the host dialed.
+pub fn client_outside() -> Option<ClientTlsConfig> {
+    current().map(|(config, _)| config)
+}
+
+fn current() -> Option<(ClientTlsConfig, &'static TlsOptions)> {
     let dialing = CLIENT.get()?;
     let mut state = dialing.state.lock();
     if state.2.elapsed() >= Duration::from_secs(1) {
@@ -153,7 +164,7 @@ pub fn client() -> Option<ClientTlsConfig> {
             }
         }
     }
-    Some(state.0.clone())
+    Some((state.0.clone(), &dialing.options))
 }
 
 /// Whether this process dials over TLS.

@@ -74,7 +74,7 @@ impl EtcdStore {
                     "--etcd mixes https:// and http:// endpoints".into(),
                 ));
             }
-            let tls = crate::tls::client().ok_or_else(|| {
+            let tls = crate::tls::client_outside().ok_or_else(|| {
                 EmberError::User(
                     "etcd over https needs the CA to trust (--tls-ca or EMBER_TLS_CA)".into(),
                 )
