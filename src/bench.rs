@@ -408,7 +408,10 @@ impl Processes {
     async fn start(executors: usize, cores: usize, data: &Path, tls: bool) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the ember binary")?;
         let dir = tempfile::tempdir()?;
-        let token = ember_core::auth::new_token()?;
+        let (token, executor_token) = (
+            ember_core::auth::new_token()?,
+            ember_core::auth::new_token()?,
+        );
         let mut this = Processes {
             url: String::new(),
             token: token.clone(),
@@ -424,9 +427,14 @@ impl Processes {
             ),
             (
                 "EMBER_AUTH_TOKENS",
-                ember_core::auth::Credentials::line("bench", &token)?.into(),
+                [
+                    ember_core::auth::Credentials::line("bench", &token)?,
+                    ember_core::auth::Credentials::line("ember-executor", &executor_token)?,
+                ]
+                .join("\n")
+                .into(),
             ),
-            ("EMBER_TOKEN", token.into()),
+            ("EMBER_TOKEN", executor_token.into()),
         ];
         if tls {
             crate::certs::write_all(&certs, &["127.0.0.1".to_string()])?;

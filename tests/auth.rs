@@ -250,13 +250,45 @@ async fn jobs_belong_to_their_client_and_one_client_cannot_take_every_slot() {
         matches!(refused, EmberError::ResourcesExhausted(_)),
         "{refused:?}"
     );
-    // Others are not held back by Alice's jobs, and may not touch them.
+    // Others are not held back by Alice's jobs, and may not touch them, see how they do or
+    // find them listed.
     let second = bob.submit(query).await.unwrap();
     let refused = bob.cancel(&first).await.unwrap_err();
     assert!(
         refused.to_string().contains("belongs to alice"),
         "{refused}"
     );
+    let refused = bob.status(&first, Duration::ZERO).await.unwrap_err();
+    assert!(
+        refused.to_string().contains("belongs to alice"),
+        "{refused}"
+    );
+    let listed: Vec<String> = bob
+        .scripts(None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.script_id)
+        .collect();
+    assert!(listed.contains(&second.to_string()), "{listed:?}");
+    assert!(!listed.contains(&first.to_string()), "{listed:?}");
+    assert!(bob.scripts(Some(first.as_str())).await.is_err());
+    // A client's token is not an executor's: it cannot join the cluster.
+    let channel = tonic::transport::Channel::from_shared(cluster.scheduler_url.clone())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut register = tonic::Request::new(ember_proto::pb::RegisterExecutorRequest::default());
+    register.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", t.bob).parse().unwrap(),
+    );
+    let refused = ember_proto::pb::scheduler_service_client::SchedulerServiceClient::new(channel)
+        .register_executor(register)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
     // Alice's own cancel frees her share.
     assert!(alice.cancel(&first).await.unwrap());
     let third = alice.submit(query).await.unwrap();

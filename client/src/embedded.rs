@@ -61,6 +61,8 @@ impl EmbeddedCluster {
         };
         scheduler_config.bind = bind.to_string();
         scheduler_config.port_file = None;
+        // The user's own settings first: without credentials, anonymous access must be asked for.
+        ember_core::auth::Authenticator::new(&scheduler_config.auth)?;
         // The executors in this process sign in with a token of their own, made here.
         let internal = ember_core::auth::new_token()?;
         let line = ember_core::auth::Credentials::line("ember-executor", &internal)?;

@@ -34,6 +34,15 @@ pub const TOKEN_PREFIX: &str = "ember_";
 /// Longest user name.
 const MAX_USER: usize = 64;
 
+/// Users whose names start with this are executors: without mutual TLS, their tokens (and only
+/// theirs) may register executors and report tasks.
+pub const EXECUTOR_USER: &str = "ember-executor";
+
+/// Whether `user` names an executor.
+pub fn is_executor(user: &str) -> bool {
+    user.starts_with(EXECUTOR_USER)
+}
+
 /// Who may call a scheduler: the options of `ember scheduler` and `ember standalone`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
 pub struct AuthOptions {
@@ -130,7 +139,9 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 fn valid_user(user: &str) -> bool {
-    !user.is_empty()
+    // `anonymous` is what callers without credentials are called.
+    user != "anonymous"
+        && !user.is_empty()
         && user.len() <= MAX_USER
         && user
             .bytes()

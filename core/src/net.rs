@@ -74,20 +74,24 @@ pub fn describe(error: &dyn std::error::Error) -> String {
 }
 
 /// Channels to peers by `host:port`, connected lazily (a dead peer shows up as an error on the
-/// first request) and reused.
+/// first request) and reused — until this process's TLS files change: a channel keeps the TLS
+/// it was made with, so new ones are made then.
 #[derive(Debug, Clone, Default)]
 pub struct Channels {
-    channels: Arc<Mutex<HashMap<String, Channel>>>,
+    channels: Arc<Mutex<HashMap<String, (u64, Channel)>>>,
 }
 
 impl Channels {
     pub fn get(&self, address: &str) -> Result<Channel> {
+        let generation = crate::tls::generation();
         let mut channels = self.channels.lock();
-        if let Some(channel) = channels.get(address) {
+        if let Some((made, channel)) = channels.get(address)
+            && *made == generation
+        {
             return Ok(channel.clone());
         }
         let channel = endpoint(&format!("http://{address}"))?.connect_lazy();
-        channels.insert(address.to_string(), channel.clone());
+        channels.insert(address.to_string(), (generation, channel.clone()));
         Ok(channel)
     }
 }

@@ -147,6 +147,14 @@ pub fn client_outside() -> Option<ClientTlsConfig> {
     current().map(|(config, _)| config)
 }
 
+/// How many times the files this process dials with were read again (0 without TLS).
+pub fn generation() -> u64 {
+    let _ = current();
+    GENERATION.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn current() -> Option<(ClientTlsConfig, &'static TlsOptions)> {
     let dialing = CLIENT.get()?;
     let mut state = dialing.state.lock();
@@ -158,10 +166,12 @@ fn current() -> Option<(ClientTlsConfig, &'static TlsOptions)> {
                 Ok(config) => {
                     tracing::info!("TLS certificates for dialing reloaded");
                     state.0 = config;
-                    state.1 = now;
+                    GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
+                // Logged once per change: a file half-written is tried again when it changes.
                 Err(e) => tracing::warn!(error = %e, "TLS certificates for dialing not reloaded"),
             }
+            state.1 = now;
         }
     }
     Some((state.0.clone(), &dialing.options))
@@ -262,6 +272,11 @@ fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
         len
     };
     (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// Whether this process serves mutual TLS (asks peers for certificates of its CA).
+pub fn mutual() -> bool {
+    MUTUAL.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Refuses a cluster call unless its peer proved one of `roles` with a certificate — when this

@@ -82,10 +82,12 @@ impl ServerTls {
                     Ok(config) => {
                         tracing::info!("TLS certificates reloaded");
                         state.config = Arc::new(config);
-                        state.stamps = now;
                     }
+                    // Logged once per change: a file half-written is tried again when the
+                    // rest of it (or its partner) lands.
                     Err(e) => tracing::warn!(error = %e, "TLS certificates not reloaded"),
                 }
+                state.stamps = now;
             }
         }
         Arc::clone(&state.config)

@@ -131,13 +131,11 @@ impl SchedulerService for SchedulerGrpc {
         request: Request<pb::GetJobStatusRequest>,
     ) -> Result<Response<pb::GetJobStatusResponse>, Status> {
         forward!(self, request, get_job_status);
+        let id = job_id(request.get_ref().job_id.clone())?;
+        super::auth::may_act_on(&request, self.scheduler.owner_of(&id).as_deref())?;
         let req = request.into_inner();
         let wait = Duration::from_millis(req.wait_ms).min(MAX_WAIT);
-        let status = self
-            .scheduler
-            .job_status(&job_id(req.job_id)?, wait)
-            .await
-            .map_err(err)?;
+        let status = self.scheduler.job_status(&id, wait).await.map_err(err)?;
         Ok(Response::new(pb::GetJobStatusResponse {
             status: Some((&status).into()),
         }))
@@ -173,7 +171,7 @@ impl SchedulerService for SchedulerGrpc {
         request: Request<pb::RegisterExecutorRequest>,
     ) -> Result<Response<pb::RegisterExecutorResponse>, Status> {
         // Executors (or a standby forwarding for them) only.
-        ember_core::tls::require_role(&request, &[PeerRole::Executor, PeerRole::Scheduler])?;
+        super::auth::require_cluster(&request, &[PeerRole::Executor, PeerRole::Scheduler])?;
         forward!(self, request, register_executor);
         let req = request.into_inner();
         let spec: ExecutorSpec = required(req.executor, "executor")
@@ -193,7 +191,7 @@ impl SchedulerService for SchedulerGrpc {
         request: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         // Executors (or a standby forwarding for them) only.
-        ember_core::tls::require_role(&request, &[PeerRole::Executor, PeerRole::Scheduler])?;
+        super::auth::require_cluster(&request, &[PeerRole::Executor, PeerRole::Scheduler])?;
         forward!(self, request, heartbeat);
         let req = request.into_inner();
         let known = self.scheduler.heartbeat(
@@ -209,7 +207,7 @@ impl SchedulerService for SchedulerGrpc {
         request: Request<pb::UpdateTaskStatusRequest>,
     ) -> Result<Response<pb::UpdateTaskStatusResponse>, Status> {
         // Executors (or a standby forwarding for them) only.
-        ember_core::tls::require_role(&request, &[PeerRole::Executor, PeerRole::Scheduler])?;
+        super::auth::require_cluster(&request, &[PeerRole::Executor, PeerRole::Scheduler])?;
         forward!(self, request, update_task_status);
         let statuses = request
             .into_inner()
@@ -246,9 +244,20 @@ impl SchedulerService for SchedulerGrpc {
         request: Request<pb::ListScriptsRequest>,
     ) -> Result<Response<pb::ListScriptsResponse>, Status> {
         forward!(self, request, list_scripts);
+        let caller = super::auth::caller(&request);
         let req = request.into_inner();
         let filter = (!req.script_id.is_empty()).then_some(req.script_id.as_str());
-        let scripts = self.scheduler.scripts(filter).await.map_err(err)?;
+        let mut scripts = self.scheduler.scripts(filter).await.map_err(err)?;
+        // Users see their own jobs (and those nobody owns).
+        scripts.retain(|s| {
+            let owner = self.scheduler.owner_of(&JobId::from(s.script_id.clone()));
+            super::auth::may_act_as(caller.as_ref(), owner.as_deref()).is_ok()
+        });
+        if filter.is_some() && scripts.is_empty() {
+            return Err(Status::permission_denied(
+                "this job belongs to another user",
+            ));
+        }
         Ok(Response::new(pb::ListScriptsResponse {
             scripts: scripts.iter().map(Into::into).collect(),
         }))

@@ -51,9 +51,11 @@ impl Scheduler {
         let Some(owner) = owner else {
             return Ok(None);
         };
-        let running = self.in_flight_of(owner);
         let planning = self.planning.clone();
+        // Held while the running jobs are counted: a submission of the same owner that moves
+        // from planning to running meanwhile is counted once, not missed.
         let mut counts = planning.0.lock();
+        let running = self.in_flight_of(owner);
         let count = counts.entry(owner.to_string()).or_default();
         decide(owner, running + *count, self.config.max_jobs_per_client)?;
         *count += 1;

@@ -221,9 +221,11 @@ impl FlightSqlService for FlightSqlGrpc {
     async fn do_get_statement(
         &self,
         ticket: TicketStatementQuery,
-        _request: Request<Ticket>,
+        request: Request<Ticket>,
     ) -> Result<Response<<Self as FlightService>::DoGetStream>, Status> {
         let job_id = JobId::from(String::from_utf8_lossy(&ticket.statement_handle).to_string());
+        // A result is its owner's to read (and, read, to free).
+        crate::api::auth::may_act_on(&request, self.scheduler.owner_of(&job_id).as_deref())?;
         let cancel = CancelOnDrop::new(&self.scheduler, &job_id);
         let status = self.finished(&job_id).await?;
         cancel.disarm();
@@ -382,11 +384,12 @@ impl FlightSqlService for FlightSqlGrpc {
     async fn do_action_cancel_query(
         &self,
         query: ActionCancelQueryRequest,
-        _request: Request<Action>,
+        request: Request<Action>,
     ) -> Result<ActionCancelQueryResult, Status> {
         let info = FlightInfo::decode(query.info)
             .map_err(|e| Status::invalid_argument(format!("bad FlightInfo: {e}")))?;
-        let cancelled = self.cancel_handle(info)?;
+        let caller = crate::api::auth::caller(&request);
+        let cancelled = self.cancel_handle(info, caller.as_ref())?;
         // `ActionCancelQueryResult.CancelResult`: 1 cancelled, 3 not cancellable.
         Ok(ActionCancelQueryResult {
             result: if cancelled { 1 } else { 3 },
@@ -397,6 +400,7 @@ impl FlightSqlService for FlightSqlGrpc {
         &self,
         request: Request<Action>,
     ) -> Result<Response<<Self as FlightService>::DoActionStream>, Status> {
+        let caller = crate::api::auth::caller(&request);
         let action = request.into_inner();
         if action.r#type != "CancelFlightInfo" {
             return Err(Status::invalid_argument(format!(
@@ -409,7 +413,7 @@ impl FlightSqlService for FlightSqlGrpc {
         let info = cancel
             .info
             .ok_or_else(|| Status::invalid_argument("CancelFlightInfo without a FlightInfo"))?;
-        let status = if self.cancel_handle(info)? {
+        let status = if self.cancel_handle(info, caller.as_ref())? {
             CancelStatus::Cancelled
         } else {
             CancelStatus::NotCancellable

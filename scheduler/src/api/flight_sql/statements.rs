@@ -162,7 +162,12 @@ impl FlightSqlGrpc {
         Ok(count)
     }
 
-    pub(super) fn cancel_handle(&self, info: FlightInfo) -> Result<bool, Status> {
+    /// Cancels the query `info` names, when `caller` may.
+    pub(super) fn cancel_handle(
+        &self,
+        info: FlightInfo,
+        caller: Option<&ember_core::auth::Principal>,
+    ) -> Result<bool, Status> {
         let Some(ticket) = info.endpoint.first().and_then(|e| e.ticket.as_ref()) else {
             return Err(Status::invalid_argument("the FlightInfo names no query"));
         };
@@ -176,7 +181,9 @@ impl FlightSqlGrpc {
                     .map(|t| t.job_id)
             })
             .ok_or_else(|| Status::invalid_argument("the FlightInfo names no Ember query"))?;
-        self.scheduler.cancel(&JobId::from(job_id)).map_err(err)
+        let job_id = JobId::from(job_id);
+        crate::api::auth::may_act_as(caller, self.scheduler.owner_of(&job_id).as_deref())?;
+        self.scheduler.cancel(&job_id).map_err(err)
     }
 }
 
