@@ -18,11 +18,10 @@ use ember_proto::pb;
 use ember_proto::pb::executor_service_client::ExecutorServiceClient;
 use ember_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::support::{
-    ChildGuard, allowed_locations, check_tpch_queries, ember_bin, register_tpch, spawn_guarded,
-    wait_for_port,
+    ChildGuard, allowed_locations, check_tpch_queries, dial, ember_bin, register_tpch,
+    spawn_guarded, wait_for_port,
 };
 
 /// A process serving TLS with `role`'s certificate: its gRPC and HTTP ports.
@@ -70,32 +69,6 @@ fn certs(dir: &Path) {
         .output()
         .unwrap();
     assert!(out.status.success());
-}
-
-/// A channel to a loopback port: over TLS trusting `ca`'s CA (presenting `role`'s
-/// certificate from it), or in plaintext without `ca`; `Err` when it cannot be opened.
-async fn dial(port: u16, ca: Option<&Path>, role: Option<&str>) -> Result<Channel, String> {
-    let Some(certs) = ca else {
-        return Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-            .map_err(|e| format!("{e:?}"));
-    };
-    let pem = std::fs::read(certs.join("ca.pem")).unwrap();
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
-    if let Some(role) = role {
-        let cert = std::fs::read(certs.join(format!("{role}.pem"))).unwrap();
-        let key = std::fs::read(certs.join(format!("{role}.key"))).unwrap();
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Channel::from_shared(format!("https://127.0.0.1:{port}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .map_err(|e| format!("{e:?}"))
 }
 
 /// A call with `authorization: Bearer token`.

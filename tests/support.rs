@@ -401,3 +401,35 @@ impl TestCluster for ProcessCluster {
         }
     }
 }
+
+/// A channel to a loopback port: over TLS trusting the CA in `certs` (`ca.pem`, as `ember
+/// certs` writes it), presenting `role`'s certificate from there when given; or in plaintext
+/// without `certs`. `Err` says why it could not be opened.
+pub async fn dial(
+    port: u16,
+    certs: Option<&Path>,
+    role: Option<&str>,
+) -> Result<tonic::transport::Channel, String> {
+    use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+    let Some(certs) = certs else {
+        return Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .map_err(|e| format!("{e:?}"));
+    };
+    let pem = std::fs::read(certs.join("ca.pem")).unwrap();
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem));
+    if let Some(role) = role {
+        let cert = std::fs::read(certs.join(format!("{role}.pem"))).unwrap();
+        let key = std::fs::read(certs.join(format!("{role}.key"))).unwrap();
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .map_err(|e| format!("{e:?}"))
+}

@@ -10,10 +10,11 @@ use ember_proto::pb;
 use ember_proto::pb::executor_service_client::ExecutorServiceClient;
 use ember_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use tonic::Code;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::Channel;
 
 use crate::support::{
-    ChildGuard, allowed_locations, ember_bin, free_port, spawn_guarded, tpch_dir, wait_for_port,
+    ChildGuard, allowed_locations, dial, ember_bin, free_port, spawn_guarded, tpch_dir,
+    wait_for_port,
 };
 
 fn ember(args: &[&str], env: &[(&str, &Path)]) -> Output {
@@ -155,20 +156,7 @@ fn a_tls_cluster_answers_tpch_and_refuses_plaintext_and_strangers() {
 
 /// A TLS channel to a port on loopback, trusting `certs`' CA, presenting `role`'s certificate.
 async fn channel(port: u16, certs: &Path, role: Option<&str>) -> Channel {
-    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
-    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-    if let Some(role) = role {
-        let cert = std::fs::read(certs.join(format!("{role}.pem"))).unwrap();
-        let key = std::fs::read(certs.join(format!("{role}.key"))).unwrap();
-        tls = tls.identity(Identity::from_pem(cert, key));
-    }
-    Channel::from_shared(format!("https://127.0.0.1:{port}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .unwrap()
+    dial(port, Some(certs), role).await.unwrap()
 }
 
 /// etcd itself over mutual TLS: schedulers and executors reach it with their certificates, a
@@ -266,22 +254,9 @@ fn a_cluster_keeps_its_state_in_etcd_over_mutual_tls() {
     );
 }
 
-/// A TLS channel like [`channel`], or why it could not be opened.
-async fn try_channel(port: u16, certs: &Path) -> Result<Channel, String> {
-    let ca = std::fs::read(certs.join("ca.pem")).unwrap();
-    let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca));
-    Channel::from_shared(format!("https://127.0.0.1:{port}"))
-        .unwrap()
-        .tls_config(tls)
-        .unwrap()
-        .connect()
-        .await
-        .map_err(|e| format!("{e:?}"))
-}
-
 /// Whether a client trusting `certs`' CA gets an answer on the gRPC port and on the HTTPS one.
 async fn trusted(port: u16, http: u16, certs: &Path) -> (bool, bool) {
-    let grpc = match try_channel(port, certs).await {
+    let grpc = match dial(port, Some(certs), None).await {
         Ok(channel) => SchedulerServiceClient::new(channel)
             .list_executors(pb::ListExecutorsRequest::default())
             .await
@@ -319,21 +294,8 @@ fn certificates_reload_without_a_restart_on_every_port() {
         }
     };
     install(&first);
-    let (port_file, http_file) = (work.path().join("port"), work.path().join("http"));
-    let mut scheduler = spawn_guarded(
-        Command::new(ember_bin())
-            .args(["scheduler", "--bind", "127.0.0.1:0", "--port-file"])
-            .arg(&port_file)
-            .args(["--http-bind", "127.0.0.1:0", "--http-port-file"])
-            .arg(&http_file)
-            .env("EMBER_TLS_CERT", live.join("scheduler.pem"))
-            .env("EMBER_TLS_KEY", live.join("scheduler.key"))
-            .env("EMBER_TLS_CA", live.join("ca.pem"))
-            .env("EMBER_ALLOW_ANONYMOUS", "true")
-            .stdout(Stdio::null()),
-    );
-    let port = wait_for_port(&port_file, &mut scheduler.0);
-    let http = wait_for_port(&http_file, &mut scheduler.0);
+    let (mut scheduler, port, http) = tls_scheduler(&live, work.path(), true);
+    let http = http.unwrap();
 
     // The HTTP port speaks TLS only; the image's healthcheck asks it over TLS.
     assert!(
@@ -392,19 +354,7 @@ fn peers_dialed_by_unnamed_addresses_are_checked_for_the_cluster_name() {
         &[],
     );
     assert!(out.status.success());
-    let port_file = work.path().join("port");
-    let mut scheduler = spawn_guarded(
-        Command::new(ember_bin())
-            .args(["scheduler", "--bind", "127.0.0.1:0", "--http-bind", "off"])
-            .arg("--port-file")
-            .arg(&port_file)
-            .env("EMBER_TLS_CERT", certs.join("scheduler.pem"))
-            .env("EMBER_TLS_KEY", certs.join("scheduler.key"))
-            .env("EMBER_TLS_CA", certs.join("ca.pem"))
-            .env("EMBER_ALLOW_ANONYMOUS", "true")
-            .stdout(Stdio::null()),
-    );
-    let port = wait_for_port(&port_file, &mut scheduler.0);
+    let (_scheduler, port, _) = tls_scheduler(&certs, work.path(), false);
     let url = format!("https://127.0.0.1:{port}");
     let ca = certs.join("ca.pem");
     let sql = |env: &[(&str, &Path)]| ember(&["sql", "--scheduler", &url, "-c", "SELECT 1"], env);
@@ -421,4 +371,30 @@ fn peers_dialed_by_unnamed_addresses_are_checked_for_the_cluster_name() {
         "{}",
         String::from_utf8_lossy(&by_name.stderr)
     );
+}
+
+/// A scheduler serving TLS with the scheduler's certificate in `certs` (anyone may query): its
+/// guard, gRPC port and, with `http`, its HTTPS port.
+fn tls_scheduler(certs: &Path, work: &Path, http: bool) -> (ChildGuard, u16, Option<u16>) {
+    let (port_file, http_file) = (work.join("scheduler.port"), work.join("scheduler.http"));
+    let mut command = Command::new(ember_bin());
+    command
+        .args(["scheduler", "--bind", "127.0.0.1:0", "--port-file"])
+        .arg(&port_file)
+        .env("EMBER_TLS_CERT", certs.join("scheduler.pem"))
+        .env("EMBER_TLS_KEY", certs.join("scheduler.key"))
+        .env("EMBER_TLS_CA", certs.join("ca.pem"))
+        .env("EMBER_ALLOW_ANONYMOUS", "true")
+        .stdout(Stdio::null());
+    if http {
+        command
+            .args(["--http-bind", "127.0.0.1:0", "--http-port-file"])
+            .arg(&http_file);
+    } else {
+        command.args(["--http-bind", "off"]);
+    }
+    let mut guard = spawn_guarded(&mut command);
+    let port = wait_for_port(&port_file, &mut guard.0);
+    let http = http.then(|| wait_for_port(&http_file, &mut guard.0));
+    (guard, port, http)
 }
