@@ -97,6 +97,11 @@ def main():
     executor = deployments.get("ember-executor")
     if executor:
         pod = executor["spec"]["template"]["spec"]
+        # The binary refuses both ways of finding the schedulers at once, and needs one.
+        env = {e["name"] for e in pod["containers"][0].get("env", [])}
+        ways = env & {"EMBER_SCHEDULER_URL", "EMBER_ETCD"}
+        check(len(ways) == 1,
+              f"executor: exactly one of EMBER_SCHEDULER_URL and EMBER_ETCD must be set, not {sorted(ways)}")
         check(pod.get("terminationGracePeriodSeconds", 30) > args.drain_timeout,
               f"executor: terminationGracePeriodSeconds must exceed the drain timeout ({args.drain_timeout} s)")
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
