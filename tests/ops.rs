@@ -54,6 +54,10 @@ fn health_readiness_and_metrics_of_a_scheduler_and_an_executor() {
                 "--http-bind",
                 "127.0.0.1:0",
             ])
+            .env(
+                "EMBER_ALLOWED_LOCATIONS",
+                crate::support::allowed_locations(),
+            )
             .arg("--port-file")
             .arg(file("scheduler.port"))
             .arg("--http-port-file")
@@ -106,4 +110,83 @@ fn health_readiness_and_metrics_of_a_scheduler_and_an_executor() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(http_get(scheduler_http, "/nope").0, 404);
+
+    // After a query that runs tasks, both endpoints parse as Prometheus' text format, with
+    // histograms of job and task durations that counted it.
+    let nation = crate::support::tpch_dir().join("nation");
+    let sql = format!(
+        "CREATE EXTERNAL TABLE nation STORED AS PARQUET LOCATION '{}'; \
+         SELECT n_regionkey, count(*) FROM nation GROUP BY n_regionkey",
+        nation.display()
+    );
+    let out = Command::new(ember_bin())
+        .args([
+            "sql",
+            "--scheduler",
+            &format!("http://127.0.0.1:{port}"),
+            "-c",
+            &sql,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let scheduler = scrape(scheduler_http);
+    let jobs = histogram(
+        &scheduler,
+        "ember_job_duration_seconds",
+        ("outcome", "succeeded"),
+    );
+    assert!(jobs >= 1.0, "no succeeded job counted");
+    // Nothing runs now: every slot is free.
+    assert!(
+        scheduler
+            .samples
+            .iter()
+            .any(|s| s.metric == "ember_free_task_slots"
+                && matches!(s.value, prometheus_parse::Value::Gauge(n) if n == 3.0))
+    );
+    let executor = scrape(executor_http);
+    let tasks = histogram(&executor, "ember_executor_task_duration_seconds", ("", ""));
+    assert!(tasks >= 1.0, "no task counted");
+    histogram(&executor, "ember_executor_fetch_duration_seconds", ("", ""));
+    assert!(
+        executor
+            .samples
+            .iter()
+            .any(|s| s.metric == "ember_executor_tasks_completed_total"
+                && matches!(s.value, prometheus_parse::Value::Counter(n) if n >= 1.0))
+    );
+}
+
+/// `/metrics` of a process, parsed.
+fn scrape(port: u16) -> prometheus_parse::Scrape {
+    let (status, body) = http_get(port, "/metrics");
+    assert_eq!(status, 200);
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).unwrap()
+}
+
+/// The count of the histogram `name` (with the label `key`=`value`, unless `key` is empty),
+/// checking its buckets: cumulative, ending at +Inf with the count.
+fn histogram(scrape: &prometheus_parse::Scrape, name: &str, (key, value): (&str, &str)) -> f64 {
+    let sample = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && (key.is_empty() || s.labels.get(key) == Some(value)))
+        .unwrap_or_else(|| panic!("no histogram {name} {key}={value}"));
+    let prometheus_parse::Value::Histogram(buckets) = &sample.value else {
+        panic!("{name} is not a histogram: {:?}", sample.value);
+    };
+    assert!(
+        buckets
+            .windows(2)
+            .all(|w| w[0].less_than < w[1].less_than && w[0].count <= w[1].count)
+    );
+    let last = buckets.last().unwrap();
+    assert!(last.less_than.is_infinite());
+    last.count
 }

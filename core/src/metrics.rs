@@ -20,9 +20,65 @@ pub struct ExecutorMetrics {
     pub spilled_bytes: u64,
 }
 
+/// Upper bounds (seconds) of the buckets durations are counted in: from a millisecond to half
+/// an hour, for tasks and fetches as for whole jobs.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0, 300.0, 1800.0,
+];
+
+/// Durations counted in [`DURATION_BUCKETS`], as Prometheus' histograms count them: lock-free,
+/// so any task may observe.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// Observations at most each bucket's bound (not cumulative; the last: above every bound).
+    buckets: [AtomicU64; DURATION_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// A histogram as read at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistogramSnapshot {
+    /// `(upper bound, observations at most it)`, cumulative, the last bound `+Inf`.
+    pub buckets: Vec<(f64, u64)>,
+    pub sum_seconds: f64,
+    pub count: u64,
+}
+
+impl Histogram {
+    pub fn observe(&self, duration: std::time::Duration) {
+        let seconds = duration.as_secs_f64();
+        let bucket = DURATION_BUCKETS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(DURATION_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros
+            .fetch_add(duration.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(self.buckets.len());
+        for (i, count) in self.buckets.iter().enumerate() {
+            total += count.load(Ordering::Relaxed);
+            let bound = DURATION_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY);
+            buckets.push((bound, total));
+        }
+        HistogramSnapshot {
+            buckets,
+            sum_seconds: self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            count: total,
+        }
+    }
+}
+
 /// Live counters, shared by the task runner, the shuffle store and the Flight service.
 #[derive(Debug, Default)]
 pub struct ExecutorCounters {
+    /// How long tasks ran (from getting a slot to their end).
+    pub task_seconds: Histogram,
+    /// How long fetching a shuffle partition from another executor took to its first message.
+    pub fetch_seconds: Histogram,
     pub rows_scanned: AtomicU64,
     pub tasks_completed: AtomicU64,
     pub tasks_failed: AtomicU64,
@@ -97,4 +153,27 @@ pub fn plan_spills(plan: &Arc<dyn ExecutionPlan>) -> (u64, u64) {
         .into_iter()
         .map(plan_spills)
         .fold((count, bytes), |(c, b), (c2, b2)| (c + c2, b + b2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_histogram_counts_each_duration_once_in_cumulative_buckets() {
+        let h = Histogram::default();
+        for ms in [0, 3, 3, 700, 4_000_000] {
+            h.observe(Duration::from_millis(ms));
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count, 5);
+        let at = |bound: f64| s.buckets.iter().find(|(b, _)| *b == bound).unwrap().1;
+        assert_eq!(at(0.001), 1);
+        assert_eq!(at(0.005), 3);
+        assert_eq!(at(1.0), 4);
+        assert_eq!(at(1800.0), 4, "4,000 s is above every bound");
+        assert_eq!(s.buckets.last().unwrap(), &(f64::INFINITY, 5));
+        assert!((s.sum_seconds - 4000.706).abs() < 1e-6, "{}", s.sum_seconds);
+    }
 }

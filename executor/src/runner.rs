@@ -107,10 +107,13 @@ impl TaskRunner {
                 _ = token.cancelled() => None,
                 outcome = async {
                     let _permit = slots.acquire_owned().await.ok();
+                    let started = std::time::Instant::now();
                     // A panic inside DataFusion fails the task instead of losing its report.
-                    AssertUnwindSafe(run(ctx, &task))
+                    let outcome = AssertUnwindSafe(run(ctx, &task))
                         .catch_unwind()
-                        .await
+                        .await;
+                    env.counters.task_seconds.observe(started.elapsed());
+                    outcome
                         .unwrap_or_else(|panic| TaskOutcome::Failed {
                             message: format!("task panicked: {}", ember_core::error::panic_message(panic.as_ref())),
                             kind: ErrorKind::Internal,

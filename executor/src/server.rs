@@ -332,6 +332,16 @@ impl ember_ops::Ops for ExecutorOps {
         use ember_ops::Metric;
         let m = self.counters.snapshot();
         vec![
+            Metric::histogram(
+                "ember_executor_task_duration_seconds",
+                "How long tasks ran, from getting a slot to their end.",
+                self.counters.task_seconds.snapshot(),
+            ),
+            Metric::histogram(
+                "ember_executor_fetch_duration_seconds",
+                "How long a shuffle partition took to start arriving from another executor.",
+                self.counters.fetch_seconds.snapshot(),
+            ),
             Metric::counter(
                 "ember_executor_rows_scanned_total",
                 "Rows read from table files.",

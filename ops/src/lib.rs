@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use ember_core::auth::Authenticator;
+use ember_core::metrics::HistogramSnapshot;
 use ember_core::tls::ServerTls;
 use prometheus::{Encoder, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder};
 use tokio::net::TcpListener;
@@ -30,6 +31,7 @@ use ember_core::{EmberError, Result};
 pub enum MetricKind {
     Counter,
     Gauge,
+    Histogram,
 }
 
 /// One sample of a metric, read when `/metrics` is scraped.
@@ -40,6 +42,8 @@ pub struct Metric {
     pub kind: MetricKind,
     pub labels: Vec<(&'static str, String)>,
     pub value: f64,
+    /// A histogram's buckets, sum and count.
+    pub histogram: Option<HistogramSnapshot>,
 }
 
 impl Metric {
@@ -50,6 +54,7 @@ impl Metric {
             kind: MetricKind::Counter,
             labels: Vec::new(),
             value: value as f64,
+            histogram: None,
         }
     }
 
@@ -60,6 +65,18 @@ impl Metric {
             kind: MetricKind::Gauge,
             labels: Vec::new(),
             value,
+            histogram: None,
+        }
+    }
+
+    pub fn histogram(name: &'static str, help: &'static str, value: HistogramSnapshot) -> Self {
+        Self {
+            name,
+            help,
+            kind: MetricKind::Histogram,
+            labels: Vec::new(),
+            value: value.count as f64,
+            histogram: Some(value),
         }
     }
 
@@ -116,13 +133,75 @@ pub fn render(samples: &[Metric]) -> Result<String> {
                     .map_err(err)?
                     .set(m.value);
             }
+            // Kept by the process itself (bucket counts, not single values): written below.
+            MetricKind::Histogram => {}
         }
     }
     let mut out = Vec::new();
     TextEncoder::new()
         .encode(&registry.gather(), &mut out)
         .map_err(err)?;
-    String::from_utf8(out).map_err(|e| EmberError::Internal(format!("metrics: {e}")))
+    let mut text =
+        String::from_utf8(out).map_err(|e| EmberError::Internal(format!("metrics: {e}")))?;
+    render_histograms(samples, &mut text);
+    Ok(text)
+}
+
+/// Histograms in the text format: per name a HELP and TYPE line, then per label set the
+/// cumulative buckets (`le`), the sum and the count.
+fn render_histograms(samples: &[Metric], text: &mut String) {
+    use std::fmt::Write;
+    let mut named: Vec<&'static str> = Vec::new();
+    for m in samples {
+        if m.kind == MetricKind::Histogram && !named.contains(&m.name) {
+            named.push(m.name);
+        }
+    }
+    for name in named {
+        let mut series = samples.iter().filter(|m| m.name == name);
+        let help = series.clone().next().map_or("", |m| m.help);
+        let _ = writeln!(text, "# HELP {name} {}", escape(help, false));
+        let _ = writeln!(text, "# TYPE {name} histogram");
+        for m in series.by_ref() {
+            let Some(h) = &m.histogram else { continue };
+            let labels: Vec<String> = m
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{}\"", escape(v, true)))
+                .collect();
+            let with = |extra: Option<String>| {
+                let all: Vec<String> = labels.iter().cloned().chain(extra).collect();
+                if all.is_empty() {
+                    String::new()
+                } else {
+                    format!("{{{}}}", all.join(","))
+                }
+            };
+            for (bound, count) in &h.buckets {
+                let le = if bound.is_infinite() {
+                    "+Inf".to_string()
+                } else {
+                    bound.to_string()
+                };
+                let _ = writeln!(
+                    text,
+                    "{name}_bucket{} {count}",
+                    with(Some(format!("le=\"{le}\"")))
+                );
+            }
+            let _ = writeln!(text, "{name}_sum{} {}", with(None), h.sum_seconds);
+            let _ = writeln!(text, "{name}_count{} {}", with(None), h.count);
+        }
+    }
+}
+
+/// Text-format escaping: backslashes and newlines, and quotes in label values.
+fn escape(text: &str, quotes: bool) -> String {
+    let mut out = text.replace('\\', "\\\\").replace('\n', "\\n");
+    if quotes {
+        out = out.replace('"', "\\\"");
+    }
+    out
 }
 
 async fn healthz() -> &'static str {

@@ -46,10 +46,14 @@ pub async fn fetch_partition(
     let ticket = Ticket {
         ticket: location.ticket().to_bytes().into(),
     };
+    let asked = std::time::Instant::now();
     let response = client
         .do_get(ticket)
         .await
         .map_err(|status| location.fetch_failed(status.message().to_string()))?;
+    if let Some(counters) = &counters {
+        counters.fetch_seconds.observe(asked.elapsed());
+    }
     let location = location.clone();
     let stream = response.into_inner().map(move |item| {
         let data = item.map_err(|status| location.fetch_failed(status.message().to_string()))?;

@@ -219,6 +219,10 @@ impl Driver {
         self.cluster.total_slots()
     }
 
+    pub fn free_slots(&self) -> u32 {
+        self.cluster.free_slots()
+    }
+
     /// A job's status as clients see it, at time `now`.
     pub fn status(&self, id: &JobId, now: u64) -> Result<JobStatus> {
         let entry = self.jobs.get(id).ok_or_else(|| EmberError::JobNotFound {

@@ -93,6 +93,14 @@ impl Cluster {
         self.executors.values().map(|e| e.spec.slots).sum()
     }
 
+    /// Task slots no task holds now.
+    pub fn free_slots(&self) -> u32 {
+        self.executors
+            .values()
+            .map(|e| e.spec.slots.saturating_sub(e.running))
+            .sum()
+    }
+
     /// Takes a slot on the executor with the most free slots (ties: lowest id), never on
     /// `avoid` unless it is the only executor that can take tasks.
     pub fn take_slot(&mut self, avoid: Option<&ExecutorId>) -> Option<ExecutorSpec> {

@@ -105,6 +105,9 @@ pub struct Scheduler {
     /// Who may call: credentials and session tokens.
     pub auth: Arc<ember_core::auth::Authenticator>,
     planning: admission::Planning,
+    /// How long the jobs this scheduler led to their end took, by outcome (succeeded, failed,
+    /// cancelled).
+    job_seconds: [ember_core::metrics::Histogram; 3],
     me: Weak<Scheduler>,
 }
 
@@ -164,6 +167,7 @@ impl Scheduler {
             tickets,
             auth,
             planning: Default::default(),
+            job_seconds: Default::default(),
             me: me.clone(),
         })
     }
@@ -337,13 +341,31 @@ impl Scheduler {
                         self.spawn(this.clean_staging(staging_root));
                     }
                 }
-                Effect::JobEnded { job, state, error } => match state {
-                    JobState::Failed => {
-                        warn!(job_id = %job, error = error.as_deref().unwrap_or(""), "job failed")
+                Effect::JobEnded { job, state, error } => {
+                    self.observe_job_end(&job, state);
+                    match state {
+                        JobState::Failed => {
+                            warn!(job_id = %job, error = error.as_deref().unwrap_or(""), "job failed")
+                        }
+                        state => info!(job_id = %job, state = state.name(), "job ended"),
                     }
-                    state => info!(job_id = %job, state = state.name(), "job ended"),
-                },
+                }
             }
+        }
+    }
+
+    /// The outcomes job durations are kept by, in the order of `job_seconds`.
+    const OUTCOMES: [JobState; 3] = [JobState::Succeeded, JobState::Failed, JobState::Cancelled];
+
+    fn observe_job_end(&self, job: &JobId, state: JobState) {
+        let submitted = self.read(|d| match d.job(job) {
+            Some(JobEntry::Distributed(job)) => Some(job.submitted_ms),
+            _ => None,
+        });
+        let outcome = Self::OUTCOMES.iter().position(|s| *s == state);
+        if let (Some(submitted), Some(outcome)) = (submitted, outcome) {
+            let took = Duration::from_millis(unix_ms().saturating_sub(submitted));
+            self.job_seconds[outcome].observe(took);
         }
     }
 
@@ -510,6 +532,16 @@ impl Scheduler {
                 self.rows_scanned(),
             ),
         ];
+        for (state, histogram) in Self::OUTCOMES.iter().zip(&self.job_seconds) {
+            out.push(
+                Metric::histogram(
+                    "ember_job_duration_seconds",
+                    "How long jobs took from submission to their end, by outcome.",
+                    histogram.snapshot(),
+                )
+                .with_label("outcome", state.name()),
+            );
+        }
         self.read(|d| {
             out.push(Metric::gauge(
                 "ember_executors",
@@ -520,6 +552,11 @@ impl Scheduler {
                 "ember_task_slots",
                 "Task slots of the registered executors.",
                 d.total_slots() as f64,
+            ));
+            out.push(Metric::gauge(
+                "ember_free_task_slots",
+                "Task slots no task holds now.",
+                d.free_slots() as f64,
             ));
             let mut by_state: std::collections::BTreeMap<&'static str, usize> = Default::default();
             for (_, entry) in d.jobs() {
