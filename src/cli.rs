@@ -136,6 +136,10 @@ pub struct SubmitArgs {
     /// Wait for the job to finish (a progress bar on a terminal); exit non-zero if it fails.
     #[arg(long)]
     pub wait: bool,
+
+    /// With --wait: how the job's progress shows.
+    #[arg(long, value_enum, env = "EMBER_PROGRESS", default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +190,17 @@ pub enum Dataset {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// How a command that waits for a job shows its progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProgressMode {
+    /// A bar (stages, tasks) on a terminal; nothing otherwise.
+    Auto,
+    /// A line on stderr each time the job's stages or tasks advance (for logs and CI).
+    Plain,
+    /// Nothing.
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -239,6 +254,10 @@ pub struct SqlArgs {
     /// Print each statement's row count and time to stderr.
     #[arg(long, env = "EMBER_TIMING", default_value_t = true, action = clap::ArgAction::Set)]
     pub timing: bool,
+
+    /// How a running statement's progress shows.
+    #[arg(long, value_enum, env = "EMBER_PROGRESS", default_value_t = ProgressMode::Auto)]
+    pub progress: ProgressMode,
 }
 
 #[derive(Debug, Args)]

@@ -9,7 +9,7 @@ use ember_client::{EmberClient, ScriptStatus};
 use ember_core::job::JobState;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::cli::{JobsAction, JobsArgs, RemoteArgs, SubmitArgs};
+use crate::cli::{JobsAction, JobsArgs, ProgressMode, RemoteArgs, SubmitArgs};
 use crate::sql::split_statements;
 
 pub async fn connect(remote: &RemoteArgs) -> Result<EmberClient> {
@@ -42,11 +42,10 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
     if !args.wait {
         return Ok(());
     }
-    let bar = progress_bar();
+    let progress = Progress::new(args.progress);
     let result = client
         .wait_script(&id, |status| {
-            show_stages(
-                &bar,
+            progress.show(
                 status.stages_completed,
                 status.stages_total,
                 format!(
@@ -59,7 +58,7 @@ pub async fn submit(args: SubmitArgs) -> Result<()> {
             );
         })
         .await;
-    bar.finish_and_clear();
+    progress.finish();
     let status = match result {
         Ok(status) => status,
         Err(e) => {
@@ -124,26 +123,56 @@ pub async fn jobs(args: JobsArgs) -> Result<()> {
     Ok(())
 }
 
-/// A progress bar on stderr when it is a terminal; hidden otherwise (scripts, CI).
-pub fn progress_bar() -> ProgressBar {
-    if !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(1).with_style(
-        ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] stages {bar:30} {pos}/{len} {msg}",
-        )
-        .expect("a valid template"),
-    );
-    bar.enable_steady_tick(Duration::from_millis(120));
-    bar
+/// How a waiting command shows a job's progress: stages done of all, and a message (tasks).
+pub enum Progress {
+    Bar(ProgressBar),
+    /// The last line printed.
+    Plain(std::sync::Mutex<String>),
+    Off,
 }
 
-/// Shows a job's progress: stages done of all, and `message`.
-pub fn show_stages(bar: &ProgressBar, done: u32, total: u32, message: String) {
-    bar.set_length(total.max(1) as u64);
-    bar.set_position(done as u64);
-    bar.set_message(message);
+impl Progress {
+    pub fn new(mode: ProgressMode) -> Self {
+        match mode {
+            ProgressMode::Auto if std::io::stderr().is_terminal() => {
+                let bar = ProgressBar::new(1).with_style(
+                    ProgressStyle::with_template(
+                        "{spinner} [{elapsed_precise}] stages {bar:30} {pos}/{len} {msg}",
+                    )
+                    .expect("a valid template"),
+                );
+                bar.enable_steady_tick(Duration::from_millis(120));
+                Progress::Bar(bar)
+            }
+            ProgressMode::Auto | ProgressMode::Off => Progress::Off,
+            ProgressMode::Plain => Progress::Plain(Default::default()),
+        }
+    }
+
+    pub fn show(&self, done: u32, total: u32, message: String) {
+        match self {
+            Progress::Bar(bar) => {
+                bar.set_length(total.max(1) as u64);
+                bar.set_position(done as u64);
+                bar.set_message(message);
+            }
+            Progress::Plain(last) => {
+                let line = format!("stages {done}/{total}, {message}");
+                let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+                if *last != line {
+                    eprintln!("{line}");
+                    *last = line;
+                }
+            }
+            Progress::Off => {}
+        }
+    }
+
+    pub fn finish(&self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
 }
 
 fn state_name(state: JobState) -> &'static str {

@@ -10,7 +10,7 @@ use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::arrow::util::pretty::pretty_format_batches;
 use ember_client::{EmbeddedCluster, EmberClient, QueryResult};
 
-use crate::cli::{ClusterArgs, OutputFormat, SqlArgs};
+use crate::cli::{ClusterArgs, OutputFormat, ProgressMode, SqlArgs};
 
 /// A connection to a cluster, and the embedded cluster when this process runs one.
 pub struct Session {
@@ -57,8 +57,17 @@ pub async fn run(args: SqlArgs) -> Result<()> {
     };
     let session = Session::open(&args.cluster).await?;
     let result = match script {
-        Some(script) => run_script(&session.client, &script, args.format, args.timing).await,
-        None => shell(&session.client, args.format, args.timing).await,
+        Some(script) => {
+            run_script(
+                &session.client,
+                &script,
+                args.format,
+                args.timing,
+                args.progress,
+            )
+            .await
+        }
+        None => shell(&session.client, args.format, args.timing, args.progress).await,
     };
     session.close().await;
     result
@@ -69,13 +78,14 @@ async fn run_script(
     script: &str,
     format: OutputFormat,
     timing: bool,
+    progress: ProgressMode,
 ) -> Result<()> {
     let statements = split_statements(script);
     if statements.is_empty() {
         bail!("no SQL statement given");
     }
     for sql in statements {
-        run_one(client, &sql, format, timing).await?;
+        run_one(client, &sql, format, timing, progress).await?;
     }
     Ok(())
 }
@@ -85,21 +95,21 @@ async fn run_one(
     sql: &str,
     format: OutputFormat,
     timing: bool,
+    progress: ProgressMode,
 ) -> Result<()> {
     let start = Instant::now();
     let job = client.submit(sql).await?;
-    let bar = crate::jobs::progress_bar();
+    let progress = crate::jobs::Progress::new(progress);
     let status = client
         .wait(&job, |status| {
-            crate::jobs::show_stages(
-                &bar,
+            progress.show(
                 status.stages_completed,
                 status.stages_total,
                 format!("tasks {}/{}", status.tasks_completed, status.tasks_total),
             );
         })
         .await;
-    bar.finish_and_clear();
+    progress.finish();
     let result = client.collect(status?).await?;
     print_result(&result, format)?;
     if timing {
@@ -112,7 +122,12 @@ async fn run_one(
     Ok(())
 }
 
-async fn shell(client: &EmberClient, format: OutputFormat, timing: bool) -> Result<()> {
+async fn shell(
+    client: &EmberClient,
+    format: OutputFormat,
+    timing: bool,
+    progress: ProgressMode,
+) -> Result<()> {
     let mut editor = rustyline::DefaultEditor::new()?;
     let history = std::env::var_os("HOME").map(|h| Path::new(&h).join(".ember_history"));
     if let Some(h) = &history {
@@ -146,7 +161,7 @@ async fn shell(client: &EmberClient, format: OutputFormat, timing: bool) -> Resu
         }
         let _ = editor.add_history_entry(buffer.trim());
         for sql in split_statements(&buffer) {
-            if let Err(e) = run_one(client, &sql, format, timing).await {
+            if let Err(e) = run_one(client, &sql, format, timing, progress).await {
                 eprintln!("error: {e:#}");
             }
         }

@@ -45,6 +45,53 @@ fn datagen_writes_one_folder_per_table() {
     assert!(stderr.contains("scale-factor"), "{stderr}");
 }
 
+/// `--progress plain` writes the running job's stages and tasks to stderr as they advance,
+/// ending with every stage and task done; `--progress off` writes none.
+#[test]
+fn the_progress_of_a_running_query_shows_its_stages_and_tasks() {
+    let tables = tpch_dir().to_str().unwrap();
+    let sql = "select o_orderpriority, count(*) from orders join lineitem on o_orderkey = \
+               l_orderkey group by o_orderpriority";
+    let run = |progress: &str| {
+        ember(&[
+            "sql",
+            "--local",
+            "--tables",
+            tables,
+            "--progress",
+            progress,
+            "--timing",
+            "false",
+            "-c",
+            sql,
+        ])
+    };
+    let (ok, stdout, stderr) = run("plain");
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.lines().count(), 5 + 4, "{stdout}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("stages "))
+        .collect();
+    let last = lines
+        .last()
+        .unwrap_or_else(|| panic!("no progress: {stderr}"));
+    // `stages D/T, tasks d/t`: the last line shows all done, of a query cut into stages.
+    let numbers: Vec<u32> = last
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|n| !n.is_empty())
+        .map(|n| n.parse().unwrap())
+        .collect();
+    let [stages_done, stages, tasks_done, tasks] = numbers[..] else {
+        panic!("{last}");
+    };
+    assert!(stages >= 2 && stages_done == stages, "{last}");
+    assert!(tasks >= stages && tasks_done == tasks, "{last}");
+    let (ok, _, stderr) = run("off");
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("stages "), "{stderr}");
+}
+
 #[test]
 fn sql_local_runs_commands_and_files_in_every_format() {
     let tables = tpch_dir().to_str().unwrap();
