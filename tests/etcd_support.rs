@@ -158,6 +158,8 @@ pub struct EtcdCluster {
     pub schedulers: Vec<Member>,
     pub etcd: Etcd,
     dir: tempfile::TempDir,
+    /// Variables every process gets.
+    env: Vec<(String, String)>,
 }
 
 impl Drop for EtcdCluster {
@@ -170,6 +172,16 @@ impl Drop for EtcdCluster {
 
 impl EtcdCluster {
     pub async fn start(schedulers: usize, executors: usize, slots: usize) -> EtcdCluster {
+        Self::start_with_env(schedulers, executors, slots, &[]).await
+    }
+
+    /// A cluster whose processes all get the variables `env`.
+    pub async fn start_with_env(
+        schedulers: usize,
+        executors: usize,
+        slots: usize,
+        env: &[(&str, &str)],
+    ) -> EtcdCluster {
         let etcd = Etcd::start().await;
         let dir = tempfile::tempdir().unwrap();
         let mut cluster = EtcdCluster {
@@ -177,6 +189,10 @@ impl EtcdCluster {
             schedulers: Vec::new(),
             etcd,
             dir,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         for i in 0..schedulers {
             let m = cluster.spawn(
@@ -232,6 +248,7 @@ impl EtcdCluster {
                     crate::support::allowed_locations(),
                 )
                 .env("EMBER_ALLOW_ANONYMOUS", "true")
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .stdout(Stdio::null())
                 .stderr(log),
         );

@@ -509,3 +509,49 @@ async fn an_executor_exits_when_the_leader_speaks_another_protocol_version() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("protocol version"), "{stderr}");
 }
+
+/// Jobs that ended stay listed after their own records expire — in the cluster's store, so
+/// also after the leader that ran them is gone.
+#[tokio::test]
+async fn ended_jobs_stay_listed_after_they_expire_and_across_a_failover() {
+    let mut cluster = EtcdCluster::start_with_env(2, 1, 2, &[("EMBER_RESULT_TTL_SECS", "1")]).await;
+    let client = cluster.client().await;
+    crate::support::register_tpch(&client).await;
+    let result = client
+        .sql("SELECT n_regionkey, count(*) FROM nation GROUP BY n_regionkey")
+        .await
+        .unwrap();
+    let job = result.status.job_id.clone();
+    eventually(
+        "the job's own records expire",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            let job = job.clone();
+            async move {
+                match client.status(&job, Duration::ZERO).await {
+                    Err(e) if e.to_string().contains("not found") => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+    let listed = |client: EmberClient, job: JobId| async move {
+        let jobs = client.scripts(None).await.map_err(|e| e.to_string())?;
+        match jobs.iter().find(|s| s.script_id == job.as_str()) {
+            Some(s) if s.state == JobState::Succeeded && s.statement_rows == [5] => Ok(()),
+            other => Err(format!("{other:?} in {} jobs", jobs.len())),
+        }
+    };
+    listed(client.clone(), job.clone()).await.unwrap();
+    let first = cluster.leader().await;
+    cluster.schedulers[first].kill();
+    cluster.leader_other_than(first).await;
+    eventually("the new leader lists it", Duration::from_secs(30), || {
+        listed(client.clone(), job.clone())
+    })
+    .await;
+    let one = client.scripts(Some(job.as_str())).await.unwrap();
+    assert_eq!(one[0].script_id, job.as_str());
+}

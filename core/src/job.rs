@@ -157,4 +157,6 @@ pub struct ScriptStatus {
     pub submitted_unix_ms: u64,
     /// Rows each finished statement returned or wrote.
     pub statement_rows: Vec<u64>,
+    /// Who submitted it, when known.
+    pub owner: Option<String>,
 }

@@ -426,6 +426,7 @@ impl From<&ScriptStatus> for pb::ScriptStatus {
             error_kind: kind_to_wire(s.error_kind),
             submitted_unix_ms: s.submitted_unix_ms,
             statement_rows: s.statement_rows.clone(),
+            owner: s.owner.clone().unwrap_or_default(),
         }
     }
 }
@@ -449,6 +450,7 @@ impl TryFrom<pb::ScriptStatus> for ScriptStatus {
             error_kind: ErrorKind::from_name(&s.error_kind),
             submitted_unix_ms: s.submitted_unix_ms,
             statement_rows: s.statement_rows,
+            owner: (!s.owner.is_empty()).then_some(s.owner),
         })
     }
 }

@@ -260,6 +260,24 @@ pub fn decode_script(bytes: &[u8]) -> Result<ScriptRecord> {
     })
 }
 
+/// A job that ended, as the history keeps it: its status and when it ended.
+pub fn encode_history(status: &ember_core::job::ScriptStatus, finished_unix_ms: u64) -> Bytes {
+    pb::HistoryRecord {
+        status: Some(status.into()),
+        finished_unix_ms,
+    }
+    .encode_to_vec()
+    .into()
+}
+
+pub fn decode_history(bytes: &[u8]) -> Result<(ember_core::job::ScriptStatus, u64)> {
+    let r = pb::HistoryRecord::decode(bytes).map_err(|e| invalid("history record", e))?;
+    let status = r
+        .status
+        .ok_or_else(|| EmberError::InvalidMessage("history record without a status".into()))?;
+    Ok((status.try_into()?, r.finished_unix_ms))
+}
+
 #[cfg(test)]
 mod tests {
     use ember_core::job::JobState;

@@ -107,6 +107,15 @@ pub struct SchedulerConfig {
     /// exceeded`. The scheduler's own time on a request (planning, running it) does not count.
     #[arg(long, env = "EMBER_CLIENT_IDLE_TIMEOUT_SECS", default_value_t = 60)]
     pub client_idle_timeout_secs: u64,
+
+    /// Most ended queries and batch jobs the cluster keeps for `ember jobs list` (the oldest
+    /// go first); 0 keeps none.
+    #[arg(long, env = "EMBER_HISTORY_MAX_JOBS", default_value_t = 1000)]
+    pub history_max_jobs: usize,
+
+    /// How long, in hours, an ended query or batch job stays listed.
+    #[arg(long, env = "EMBER_HISTORY_MAX_AGE_HOURS", default_value_t = 168)]
+    pub history_max_age_hours: u64,
 }
 
 /// The built-in defaults for a scheduler embedded in another program (no `EMBER_*` variable is

@@ -179,6 +179,15 @@ impl Keys {
         format!("{}/scripts/{id}", self.root)
     }
 
+    /// Jobs and batch jobs that ended, kept for listings (bounded by count and age).
+    pub fn history_prefix(&self) -> String {
+        format!("{}/history/", self.root)
+    }
+
+    pub fn history(&self, id: &str) -> String {
+        format!("{}/history/{id}", self.root)
+    }
+
     /// The cluster's key for signing shuffle grants (`core::shuffle::grant`).
     pub fn ticket_key(&self) -> String {
         format!("{}/secrets/ticket-key", self.root)

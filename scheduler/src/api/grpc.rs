@@ -249,10 +249,7 @@ impl SchedulerService for SchedulerGrpc {
         let filter = (!req.script_id.is_empty()).then_some(req.script_id.as_str());
         let mut scripts = self.scheduler.scripts(filter).await.map_err(err)?;
         // Users see their own jobs (and those nobody owns).
-        scripts.retain(|s| {
-            let owner = self.scheduler.owner_of(&JobId::from(s.script_id.clone()));
-            super::auth::may_act_as(caller.as_ref(), owner.as_deref()).is_ok()
-        });
+        scripts.retain(|s| super::auth::may_act_as(caller.as_ref(), s.owner.as_deref()).is_ok());
         if filter.is_some() && scripts.is_empty() {
             return Err(Status::permission_denied(
                 "this job belongs to another user",

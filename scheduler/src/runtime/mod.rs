@@ -10,6 +10,7 @@
 mod admission;
 mod commit;
 pub(crate) mod executors;
+mod history;
 mod isolate;
 pub(crate) mod journal;
 pub(crate) mod leader;
@@ -358,10 +359,16 @@ impl Scheduler {
     const OUTCOMES: [JobState; 3] = [JobState::Succeeded, JobState::Failed, JobState::Cancelled];
 
     fn observe_job_end(&self, job: &JobId, state: JobState) {
-        let submitted = self.read(|d| match d.job(job) {
-            Some(JobEntry::Distributed(job)) => Some(job.submitted_ms),
-            _ => None,
+        let (submitted, adhoc) = self.read(|d| match d.job(job) {
+            Some(JobEntry::Distributed(job)) => {
+                (Some(job.submitted_ms), job.label.script.is_none())
+            }
+            _ => (None, false),
         });
+        // A batch job's statements are kept in the history as the batch job.
+        if adhoc {
+            self.record_history(job.as_str());
+        }
         let outcome = Self::OUTCOMES.iter().position(|s| *s == state);
         if let (Some(submitted), Some(outcome)) = (submitted, outcome) {
             let took = Duration::from_millis(unix_ms().saturating_sub(submitted));

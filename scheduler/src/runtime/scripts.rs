@@ -280,6 +280,7 @@ impl Scheduler {
             }
         });
         self.save_script(fence, id).await;
+        self.record_history(id);
         info!(script_id = %id, state = state.name(), "script ended");
     }
 
@@ -298,6 +299,7 @@ impl Scheduler {
             r.finished_unix_ms = unix_ms();
         });
         self.save_script(fence, id).await;
+        self.record_history(id);
         warn!(script_id = %id, statement = statement + 1, %error, "script failed");
     }
 
@@ -335,24 +337,25 @@ impl Scheduler {
     /// Ad-hoc queries (not statements of a script) are listed beside them, as one-statement
     /// jobs named by their SQL.
     pub async fn scripts(&self, id: Option<&str>) -> Result<Vec<ScriptStatus>> {
-        let records: Vec<ScriptRecord> =
-            {
-                let records = self.scripts.records.lock();
-                match id {
-                    Some(id) => match records.get(id) {
-                        Some(record) => vec![record.clone()],
-                        None => {
-                            drop(records);
-                            return self.adhoc_jobs(Some(id)).pop().map(|j| vec![j]).ok_or_else(
-                                || EmberError::JobNotFound {
-                                    job_id: id.to_string(),
-                                },
-                            );
-                        }
-                    },
-                    None => records.values().cloned().collect(),
-                }
+        let records: Vec<ScriptRecord> = {
+            let records = self.scripts.records.lock();
+            match id {
+                Some(id) => records.get(id).cloned().into_iter().collect(),
+                None => records.values().cloned().collect(),
+            }
+        };
+        if let (Some(id), true) = (id, records.is_empty()) {
+            if let Some(job) = self.adhoc_jobs(Some(id)).pop() {
+                return Ok(vec![job]);
+            }
+            // Ended and expired: the history may still hold it.
+            return match self.history_of(id).await? {
+                Some(job) => Ok(vec![job]),
+                None => Err(EmberError::JobNotFound {
+                    job_id: id.to_string(),
+                }),
             };
+        }
         let now = unix_ms();
         let mut out = Vec::with_capacity(records.len());
         for r in records {
@@ -394,10 +397,21 @@ impl Scheduler {
                 error_kind: r.error_kind,
                 submitted_unix_ms: r.submitted_unix_ms,
                 statement_rows: r.statement_rows,
+                owner: r.owner,
             });
         }
         if id.is_none() {
             out.extend(self.adhoc_jobs(None));
+            // Those that ended and expired, from the history (unreadable: listed without them).
+            let history = self.history().await.unwrap_or_else(|e| {
+                warn!(error = %e, "cannot read the history");
+                Vec::new()
+            });
+            for job in history {
+                if !out.iter().any(|s| s.script_id == job.script_id) {
+                    out.push(job);
+                }
+            }
         }
         out.sort_by_key(|s| std::cmp::Reverse(s.submitted_unix_ms));
         Ok(out)
@@ -441,6 +455,7 @@ impl Scheduler {
                         } else {
                             Vec::new()
                         },
+                        owner: label.owner.clone(),
                     })
                 })
                 .collect()
