@@ -190,3 +190,49 @@ fn histogram(scrape: &prometheus_parse::Scrape, name: &str, (key, value): (&str,
     assert!(last.less_than.is_infinite());
     last.count
 }
+
+/// Log lines (JSON) carry the job they are about: the scheduler's while it plans a job, the
+/// executors' while they run its tasks (with stage, partition and attempt).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_lines_carry_their_job_and_task() {
+    use crate::support::TestCluster;
+    let logs = tempfile::tempdir().unwrap();
+    let cluster = crate::support::ProcessCluster::start_with_env_logged(
+        1,
+        2,
+        &[
+            ("EMBER_LOG_FORMAT", "json"),
+            ("EMBER_LOG", "info,ember_executor=debug"),
+        ],
+        logs.path(),
+    )
+    .await;
+    let client = cluster.client().await;
+    crate::support::register_tpch(&client).await;
+    let result = client
+        .sql("SELECT n_regionkey, count(*) FROM nation GROUP BY n_regionkey")
+        .await
+        .unwrap();
+    let job = result.status.job_id.to_string();
+    // Lines whose innermost span names the job.
+    let about_job = |file: &str| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(logs.path().join(file))
+            .unwrap()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["span"]["job_id"] == job.as_str())
+            .collect()
+    };
+    let planned = about_job("scheduler.log");
+    assert!(
+        planned
+            .iter()
+            .any(|l| l["fields"]["message"] == "job submitted"),
+        "{planned:?}"
+    );
+    let ran = about_job("executor-0.log");
+    assert!(!ran.is_empty(), "no executor line names job {job}");
+    assert!(ran.iter().all(|l| l["span"]["name"] == "task"
+        && l["span"]["stage"].is_string()
+        && l["span"]["partition"].is_number()));
+}

@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, warn};
+use tracing::{Instrument, debug, warn};
 
 /// Runs up to `slots` tasks at once and sends each finished task's status to `reports`.
 pub struct TaskRunner {
@@ -101,7 +101,15 @@ impl TaskRunner {
         let ctx = self.task_context(&task);
         let env = Arc::clone(&self.env);
         let executor_id = self.executor_id.clone();
-        self.tracker.spawn(async move {
+        // Every log line of the task carries its job, stage, partition and attempt.
+        let span = tracing::info_span!(
+            "task",
+            job_id = %task.task_id.job_id,
+            stage = %task.task_id.stage_id,
+            partition = task.task_id.partition,
+            attempt = task.task_id.attempt,
+        );
+        let task_run = async move {
             let task_id = task.task_id.clone();
             let outcome = tokio::select! {
                 _ = token.cancelled() => None,
@@ -149,7 +157,8 @@ impl TaskRunner {
                 executor_id,
                 outcome,
             });
-        });
+        };
+        self.tracker.spawn(task_run.instrument(span));
     }
 
     /// Cancels a task; a task not started yet is remembered so that its launch is dropped.

@@ -18,7 +18,7 @@ use ember_core::metrics::{file_rows_scanned, reads_files};
 use ember_core::records::{JobLabel, Record, WriteSpec};
 use ember_core::shuffle::{batches_to_ipc_stream, schema_to_bytes};
 use ember_core::{EmberError, JobId, Result};
-use tracing::info;
+use tracing::{Instrument, info};
 
 use super::{Scheduler, not_leader, unix_ms};
 use crate::catalog;
@@ -76,9 +76,12 @@ impl Scheduler {
         label: JobLabel,
     ) -> Result<JobId> {
         let this = Arc::clone(self);
-        super::isolate::planned(async move {
-            this.plan_and_submit(job_id, query, settings, label).await
-        })
+        // Every log line of its planning carries the job's id.
+        let span = tracing::info_span!("job", job_id = %job_id);
+        super::isolate::planned(
+            async move { this.plan_and_submit(job_id, query, settings, label).await }
+                .instrument(span),
+        )
         .await
     }
 
