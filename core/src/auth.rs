@@ -59,6 +59,11 @@ pub struct AuthOptions {
     /// and without this, a scheduler refuses to start.
     #[arg(long, env = "EMBER_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
+
+    /// Set for a cluster embedded in the user's own program (`ember sql --local`): its
+    /// anonymous access is no news, and not warned about.
+    #[arg(skip)]
+    pub embedded: bool,
 }
 
 impl AuthOptions {
@@ -66,6 +71,7 @@ impl AuthOptions {
     pub fn open() -> Self {
         Self {
             allow_anonymous: true,
+            embedded: true,
             ..Self::default()
         }
     }

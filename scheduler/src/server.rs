@@ -83,7 +83,7 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
         None => Arc::new(MemoryStore::new()),
     };
     let auth = Arc::new(ember_core::auth::Authenticator::new(&config.auth)?);
-    if auth.anonymous() {
+    if auth.anonymous() && !config.auth.embedded {
         tracing::warn!(
             "anyone who reaches this scheduler may run queries (--allow-anonymous); give \
              clients tokens with --auth-file instead"
