@@ -517,11 +517,7 @@ async fn ended_jobs_stay_listed_after_they_expire_and_across_a_failover() {
     let mut cluster = EtcdCluster::start_with_env(2, 1, 2, &[("EMBER_RESULT_TTL_SECS", "1")]).await;
     let client = cluster.client().await;
     crate::support::register_tpch(&client).await;
-    let result = client
-        .sql("SELECT n_regionkey, count(*) FROM nation GROUP BY n_regionkey")
-        .await
-        .unwrap();
-    let job = result.status.job_id.clone();
+    let job = crate::support::run_distributed_query(&client).await;
     eventually(
         "the job's own records expire",
         Duration::from_secs(30),

@@ -209,11 +209,9 @@ async fn log_lines_carry_their_job_and_task() {
     .await;
     let client = cluster.client().await;
     crate::support::register_tpch(&client).await;
-    let result = client
-        .sql("SELECT n_regionkey, count(*) FROM nation GROUP BY n_regionkey")
+    let job = crate::support::run_distributed_query(&client)
         .await
-        .unwrap();
-    let job = result.status.job_id.to_string();
+        .to_string();
     // Lines whose innermost span names the job.
     let about_job = |file: &str| -> Vec<serde_json::Value> {
         std::fs::read_to_string(logs.path().join(file))

@@ -20,8 +20,8 @@ use ember_proto::pb::scheduler_service_client::SchedulerServiceClient;
 use tonic::Code;
 
 use crate::support::{
-    ChildGuard, allowed_locations, check_tpch_queries, dial, ember_bin, register_tpch,
-    spawn_guarded, wait_for_port,
+    ChildGuard, allowed_locations, check_tpch_queries, dial, ember_bin, executor_args,
+    register_tpch, spawn_guarded, wait_for_port,
 };
 
 /// A process serving TLS with `role`'s certificate: its gRPC and HTTP ports.
@@ -126,17 +126,7 @@ async fn a_secure_cluster_answers_tpch_and_refuses_strangers_on_every_port() {
     let url = format!("https://127.0.0.1:{}", scheduler.grpc);
     // Executors prove themselves with their certificates: no token.
     let executors: Vec<Served> = (0..2)
-        .map(|_| {
-            let args = [
-                "--scheduler",
-                &url,
-                "--slots",
-                "2",
-                "--heartbeat-interval-ms",
-                "200",
-            ];
-            serve("executor", &args, &ours, &run, &tokens)
-        })
+        .map(|_| serve("executor", &executor_args(&url), &ours, &run, &tokens))
         .collect();
 
     // This process dials the cluster over TLS; Alice's client answers TPC-H.

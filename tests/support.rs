@@ -433,3 +433,27 @@ pub async fn dial(
         .await
         .map_err(|e| format!("{e:?}"))
 }
+
+/// Runs a query that needs the executors (a shuffle and an aggregate over `nation`, which
+/// [`register_tpch`] made) to its end; its job's id.
+pub async fn run_distributed_query(client: &EmberClient) -> ember_core::JobId {
+    client
+        .sql("SELECT n_regionkey, count(*) FROM nation GROUP BY n_regionkey")
+        .await
+        .unwrap()
+        .status
+        .job_id
+}
+
+/// The arguments of an executor that joins the scheduler at `url` with 2 slots and
+/// heartbeats every 200 ms.
+pub fn executor_args(url: &str) -> [&str; 6] {
+    [
+        "--scheduler",
+        url,
+        "--slots",
+        "2",
+        "--heartbeat-interval-ms",
+        "200",
+    ]
+}

@@ -13,8 +13,8 @@ use tonic::Code;
 use tonic::transport::Channel;
 
 use crate::support::{
-    ChildGuard, allowed_locations, dial, ember_bin, free_port, spawn_guarded, tpch_dir,
-    wait_for_port,
+    ChildGuard, allowed_locations, dial, ember_bin, executor_args, free_port, spawn_guarded,
+    tpch_dir, wait_for_port,
 };
 
 fn ember(args: &[&str], env: &[(&str, &Path)]) -> Output {
@@ -67,15 +67,7 @@ fn a_tls_cluster_answers_tpch_and_refuses_plaintext_and_strangers() {
     let mut executors = Vec::new();
     let mut executor_ports = Vec::new();
     for _ in 0..2 {
-        let args = [
-            "--scheduler",
-            &url,
-            "--slots",
-            "2",
-            "--heartbeat-interval-ms",
-            "200",
-        ];
-        let (guard, port) = serve("executor", &args, &ours, work.path());
+        let (guard, port) = serve("executor", &executor_args(&url), &ours, work.path());
         executors.push(guard);
         executor_ports.push(port);
     }

@@ -13,7 +13,7 @@
 //! Everything here is pure: the servers hand in the header and the time.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use parking_lot::Mutex;
@@ -403,9 +403,10 @@ pub struct Authenticator {
 
 #[derive(Debug)]
 struct Loaded {
-    verifier: Verifier,
+    /// Shared with requests in flight; replaced (not cloned per request) when it changes.
+    verifier: std::sync::Arc<Verifier>,
     /// The file's modification time and length when last read.
-    seen: Option<(SystemTime, u64)>,
+    seen: crate::tls::Stamp,
     checked: Instant,
 }
 
@@ -427,11 +428,11 @@ impl Authenticator {
         Ok(Self {
             options: options.clone(),
             state: Mutex::new(Loaded {
-                verifier: Verifier {
+                verifier: std::sync::Arc::new(Verifier {
                     credentials,
                     anonymous: options.allow_anonymous,
                     session_key: None,
-                },
+                }),
                 seen,
                 checked: Instant::now(),
             }),
@@ -450,7 +451,8 @@ impl Authenticator {
 
     /// Session tokens can be issued and checked once the cluster's key is known.
     pub fn set_cluster_key(&self, key: &crate::shuffle::grant::TicketKey) {
-        self.state.lock().verifier.session_key = Some(SessionKey::from_cluster_key(key));
+        std::sync::Arc::make_mut(&mut self.state.lock().verifier).session_key =
+            Some(SessionKey::from_cluster_key(key));
     }
 
     pub fn authenticate(&self, header: Option<&[u8]>) -> Result<Principal, AuthError> {
@@ -463,12 +465,12 @@ impl Authenticator {
 
     /// The verifier, with the credentials file read again if it changed (a file that cannot
     /// be read or parsed now keeps the last good credentials, and says so in the log).
-    fn current(&self) -> Verifier {
+    fn current(&self) -> std::sync::Arc<Verifier> {
         let mut state = self.state.lock();
         if state.checked.elapsed() >= RECHECK {
             state.checked = Instant::now();
             if let Some(path) = &self.options.auth_file {
-                let seen = file_stamp(path);
+                let seen = crate::tls::stamp(path);
                 if seen != state.seen {
                     match load(&self.options) {
                         Ok((credentials, seen)) => {
@@ -477,7 +479,7 @@ impl Authenticator {
                                 tokens = credentials.len(),
                                 "client credentials reloaded"
                             );
-                            state.verifier.credentials = credentials;
+                            std::sync::Arc::make_mut(&mut state.verifier).credentials = credentials;
                             state.seen = seen;
                         }
                         Err(e) => {
@@ -488,20 +490,15 @@ impl Authenticator {
                 }
             }
         }
-        state.verifier.clone()
+        std::sync::Arc::clone(&state.verifier)
     }
 }
 
-fn file_stamp(path: &PathBuf) -> Option<(SystemTime, u64)> {
-    let meta = std::fs::metadata(path).ok()?;
-    Some((meta.modified().ok()?, meta.len()))
-}
-
-fn load(options: &AuthOptions) -> Result<(Credentials, Option<(SystemTime, u64)>)> {
+fn load(options: &AuthOptions) -> Result<(Credentials, crate::tls::Stamp)> {
     let mut credentials = Credentials::default();
     let mut seen = None;
     if let Some(path) = &options.auth_file {
-        seen = file_stamp(path);
+        seen = crate::tls::stamp(path);
         let text = std::fs::read_to_string(path).map_err(|e| {
             EmberError::User(format!(
                 "reading the credentials file {}: {e}",

@@ -107,18 +107,23 @@ impl TlsOptions {
     }
 }
 
-/// The TLS files' modification times and lengths, to notice a change.
-fn stamps(options: &TlsOptions) -> Vec<Option<(SystemTime, u64)>> {
+/// A file's modification time and length, to notice that it changed (`None`: unreadable).
+pub(crate) type Stamp = Option<(SystemTime, u64)>;
+
+pub(crate) fn stamp(path: &std::path::Path) -> Stamp {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+/// The TLS files' stamps.
+fn stamps(options: &TlsOptions) -> Vec<Stamp> {
     [&options.tls_cert, &options.tls_key, &options.tls_ca]
         .into_iter()
-        .map(|path| {
-            let meta = std::fs::metadata(path.as_ref()?).ok()?;
-            Some((meta.modified().ok()?, meta.len()))
-        })
+        .map(|path| stamp(path.as_ref()?))
         .collect()
 }
 
-type ClientState = (ClientTlsConfig, Vec<Option<(SystemTime, u64)>>, Instant);
+type ClientState = (ClientTlsConfig, Vec<Stamp>, Instant);
 
 /// What this process dials with, and its files as last read.
 struct Dialing {

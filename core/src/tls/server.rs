@@ -4,9 +4,8 @@
 //! each in its own task, with a deadline, so that a client that stalls holds nothing up.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rustls::RootCertStore;
@@ -17,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::server::TlsStream;
 
-use super::{TlsOptions, read};
+use super::{Stamp, TlsOptions, read, stamps};
 use crate::error::{EmberError, Result};
 
 /// How often the files are looked at.
@@ -44,7 +43,7 @@ pub struct ServerTls {
 #[derive(Debug)]
 struct Current {
     config: Arc<rustls::ServerConfig>,
-    stamps: Vec<Option<(SystemTime, u64)>>,
+    stamps: Vec<Stamp>,
     checked: Instant,
 }
 
@@ -92,24 +91,6 @@ impl ServerTls {
         }
         Arc::clone(&state.config)
     }
-}
-
-fn files(options: &TlsOptions) -> [Option<&PathBuf>; 3] {
-    [
-        options.tls_cert.as_ref(),
-        options.tls_key.as_ref(),
-        options.tls_ca.as_ref(),
-    ]
-}
-
-fn stamps(options: &TlsOptions) -> Vec<Option<(SystemTime, u64)>> {
-    files(options)
-        .into_iter()
-        .map(|path| {
-            let meta = std::fs::metadata(path?).ok()?;
-            Some((meta.modified().ok()?, meta.len()))
-        })
-        .collect()
 }
 
 fn tls_error(what: &str) -> impl Fn(rustls::Error) -> EmberError + '_ {
