@@ -3,7 +3,8 @@
 # with `--test`, what the tests need: a real etcd (Debian's etcd-server) for the cluster tests,
 # and Python 3 with the ADBC Flight SQL driver and pyarrow (from PyPI) for the client tests, and
 # moto's S3 server (PyPI) for the object-store tests, kubectl (its kustomize) and
-# kubernetes-validate (PyPI) for the Kubernetes manifests.
+# kubernetes-validate (PyPI) for the Kubernetes manifests, and Chromium with its WebDriver for the
+# web UI test.
 # Idempotent; uses Debian's packages (run as root, or with sudo available).
 set -euo pipefail
 
@@ -18,6 +19,9 @@ if [ "${1:-}" = "--test" ]; then
   # The compose test builds images on a debootstrap base and runs docker-compose.
   command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
   command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+  # The web UI test drives a real headless Chromium over WebDriver.
+  command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}" >&2

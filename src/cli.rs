@@ -21,6 +21,11 @@ pub struct Cli {
     #[arg(long, env = "EMBER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
 
+    /// Export traces (spans per job, stage and task) over OTLP/gRPC to this collector, e.g.
+    /// `http://otel-collector:4317`; also read from `OTEL_EXPORTER_OTLP_ENDPOINT`. Off when unset.
+    #[arg(long, env = "EMBER_OTLP_ENDPOINT", global = true)]
+    pub otlp_endpoint: Option<String>,
+
     /// Settings from a TOML file (keys are option names; `[scheduler]`, `[executor]`, ...
     /// tables apply to one command); flags and `EMBER_*` variables take precedence.
     #[arg(long, env = "EMBER_CONFIG", global = true)]

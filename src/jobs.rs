@@ -213,6 +213,19 @@ pub fn describe(s: &ScriptStatus) -> String {
         let rows: Vec<String> = s.statement_rows.iter().map(u64::to_string).collect();
         out.push_str(&format!("rows:       {}\n", rows.join(", ")));
     }
+    let r = &s.resources;
+    if r.compute_ns > 0 || r.rows_scanned > 0 {
+        use ember_core::task_metrics::{format_bytes, format_nanos};
+        out.push_str(&format!(
+            "used:       cpu {}, peak task memory {}, scanned {} rows ({}), shuffled {}, spilled {}\n",
+            format_nanos(r.compute_ns),
+            format_bytes(r.peak_task_memory_bytes),
+            r.rows_scanned,
+            format_bytes(r.bytes_scanned),
+            format_bytes(r.shuffle_bytes),
+            format_bytes(r.spilled_bytes),
+        ));
+    }
     if let Some(error) = &s.error {
         let kind = s.error_kind.map(|k| format!(" ({k})")).unwrap_or_default();
         out.push_str(&format!("error:      {error}{kind}\n"));

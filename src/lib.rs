@@ -7,6 +7,7 @@ pub mod config_file;
 pub mod jobs;
 pub mod serve;
 pub mod sql;
+pub mod telemetry;
 pub mod tpch;
 
 use std::process::ExitCode;
@@ -15,7 +16,6 @@ use cli::{Cli, Command, Dataset};
 
 /// Runs a parsed command line; errors are printed once, as one clear message.
 pub fn run(cli: Cli) -> ExitCode {
-    init_logging(&cli.log, cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -25,6 +25,16 @@ pub fn run(cli: Cli) -> ExitCode {
             eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
+    };
+    // The trace exporter's connection lives on this runtime.
+    let telemetry = {
+        let _inside = runtime.enter();
+        telemetry::init(
+            &cli.log,
+            cli.log_format,
+            telemetry::endpoint(cli.otlp_endpoint.as_deref()),
+            service_name(&cli.command),
+        )
     };
     let result = runtime.block_on(async move {
         match cli.command {
@@ -46,6 +56,10 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Auth(args) => certs::auth(args),
         }
     });
+    {
+        let _inside = runtime.enter();
+        telemetry.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -190,16 +204,14 @@ fn probe(args: &cli::ProbeArgs) -> anyhow::Result<()> {
     anyhow::bail!("not healthy: {last}")
 }
 
-fn init_logging(filter: &str, format: cli::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        cli::LogFormat::Text => builder.try_init(),
-        cli::LogFormat::Json => builder.json().try_init(),
-    };
+/// The name a process's traces are exported under.
+fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Scheduler(_) => "ember-scheduler",
+        Command::Executor(_) => "ember-executor",
+        Command::Standalone(_) => "ember-standalone",
+        _ => "ember",
+    }
 }
 
 /// Parses the command line, the config file (if any) filling in what flags and environment

@@ -72,7 +72,6 @@ async fn flight_count(client: &mut FlightSqlServiceClient<tonic::transport::Chan
 async fn only_token_holders_get_in_at_every_entry_point() {
     let dir = tempfile::tempdir().unwrap();
     let (t, file) = tokens(dir.path());
-    let http_file = dir.path().join("http.port");
     let cluster = ProcessCluster::start_with_env(
         1,
         2,
@@ -80,11 +79,6 @@ async fn only_token_holders_get_in_at_every_entry_point() {
             ("EMBER_ALLOW_ANONYMOUS", "false"),
             ("EMBER_AUTH_FILE", &file.display().to_string()),
             ("EMBER_TOKEN", &t.executor),
-            ("EMBER_SCHEDULER_HTTP_BIND", "127.0.0.1:0"),
-            (
-                "EMBER_SCHEDULER_HTTP_PORT_FILE",
-                &http_file.display().to_string(),
-            ),
         ],
     )
     .await;
@@ -164,12 +158,7 @@ async fn only_token_holders_get_in_at_every_entry_point() {
     assert_eq!(flight_count(&mut direct).await, 3);
 
     // HTTP: probes need nothing, metrics a token.
-    // (written before the scheduler took its first request)
-    let http: u16 = std::fs::read_to_string(&http_file)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let http = cluster.http_port;
     assert_eq!(ember::http_get(http, "/healthz").unwrap().0, 200);
     let (status, body) = ember::http_get(http, "/metrics").unwrap();
     assert_eq!(status, 401, "{body}");
@@ -182,6 +171,35 @@ async fn only_token_holders_get_in_at_every_entry_point() {
     let (status, body) = ember::http_get_as(http, "/metrics", Some(&t.alice)).unwrap();
     assert_eq!(status, 200);
     assert!(body.contains("ember_jobs"), "{body}");
+    // The REST API and the web UI: a token, and each user sees their own jobs only.
+    for path in ["/api/v1/jobs", "/ui", "/api/v1/cluster"] {
+        assert_eq!(ember::http_get(http, path).unwrap().0, 401, "{path}");
+    }
+    let jobs_of = |token: &str| -> Vec<serde_json::Value> {
+        let (status, body) = ember::http_get_as(http, "/api/v1/jobs", Some(token)).unwrap();
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["jobs"]
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    let (alices, bobs) = (jobs_of(&t.alice), jobs_of(&t.bob));
+    assert!(!alices.is_empty() && !bobs.is_empty());
+    assert!(alices.iter().all(|j| j["owner"] == "alice"), "{alices:?}");
+    assert!(bobs.iter().all(|j| j["owner"] == "bob"), "{bobs:?}");
+    let bobs_job = format!("/api/v1/jobs/{}", bobs[0]["id"].as_str().unwrap());
+    assert_eq!(
+        ember::http_get_as(http, &bobs_job, Some(&t.alice))
+            .unwrap()
+            .0,
+        404
+    );
+    assert_eq!(
+        ember::http_get_as(http, &bobs_job, Some(&t.bob)).unwrap().0,
+        200
+    );
+    let (status, page) = ember::http_get_as(http, "/ui", Some(&t.alice)).unwrap();
+    assert!(status == 200 && page.contains("id=\"jobs\""), "{page}");
 
     // Revoking Bob's token (his line removed) locks him out without a restart.
     std::fs::write(&file, Credentials::line("alice", &t.alice).unwrap() + "\n").unwrap();

@@ -301,6 +301,15 @@ async fn batch_jobs_are_submitted_followed_and_cancelled() {
         .map(|n| n.parse().unwrap())
         .collect();
     assert!(stages[0] == stages[1] && stages[1] >= 2, "{stdout}");
+    // What the batch job used, summed over its statements.
+    let used = stdout
+        .lines()
+        .find(|l| l.starts_with("used:"))
+        .expect(&stdout);
+    assert!(
+        used.contains("cpu ") && !used.contains("cpu 0 ns"),
+        "{used}"
+    );
 
     // A failing statement fails the job, names the statement, and stops the script; the exit
     // code says it was the user's error (3), not one to retry.

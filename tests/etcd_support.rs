@@ -95,6 +95,8 @@ impl Etcd {
 /// One `ember` process of the cluster, with its port.
 pub struct Member {
     pub port: u16,
+    /// Its HTTP port (health, metrics; a scheduler's REST API and web UI).
+    pub http_port: u16,
     pub id: String,
     log: PathBuf,
     child: Option<ChildGuard>,
@@ -227,6 +229,7 @@ impl EtcdCluster {
 
     fn spawn(&self, name: &str, args: &[&str]) -> Member {
         let port_file = self.dir.path().join(format!("{name}.port"));
+        let http_port_file = self.dir.path().join(format!("{name}.http-port"));
         let log = std::fs::File::create(self.log_path(name)).unwrap();
         let mut guard = spawn_guarded(
             Command::new(ember_bin())
@@ -234,6 +237,8 @@ impl EtcdCluster {
                 .args(["--etcd", &self.etcd.url, "--bind", "127.0.0.1:0"])
                 .arg("--port-file")
                 .arg(&port_file)
+                .arg("--http-port-file")
+                .arg(&http_port_file)
                 .args(if args[0] == "executor" {
                     vec![
                         "--work-dir".to_string(),
@@ -253,8 +258,10 @@ impl EtcdCluster {
                 .stderr(log),
         );
         let port = wait_for_port(&port_file, &mut guard.0);
+        let http_port = wait_for_port(&http_port_file, &mut guard.0);
         Member {
             port,
+            http_port,
             id: name.to_string(),
             log: self.log_path(name),
             child: Some(guard),

@@ -542,12 +542,35 @@ async fn ended_jobs_stay_listed_after_they_expire_and_across_a_failover() {
     };
     listed(client.clone(), job.clone()).await.unwrap();
     let first = cluster.leader().await;
+    // The REST API of the standby answers with the leader's history, what the job used too.
+    let standby = &cluster.schedulers[1 - first];
+    let path = format!("/api/v1/jobs/{job}");
+    let (status, body) = crate::support::http_get(standby.http_port, &path);
+    assert_eq!(status, 200, "{body}");
+    let before: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(before["state"], "succeeded", "{before}");
+    assert!(
+        before["resources"]["cpu_ns"].as_u64().unwrap() > 0,
+        "{before}"
+    );
+    let (status, listing) = crate::support::http_get(standby.http_port, "/api/v1/cluster");
+    assert!(
+        status == 200 && listing.contains("\"standby\""),
+        "{listing}"
+    );
     cluster.schedulers[first].kill();
-    cluster.leader_other_than(first).await;
+    let second = cluster.leader_other_than(first).await;
     eventually("the new leader lists it", Duration::from_secs(30), || {
         listed(client.clone(), job.clone())
     })
     .await;
     let one = client.scripts(Some(job.as_str())).await.unwrap();
     assert_eq!(one[0].script_id, job.as_str());
+    let (status, body) = crate::support::http_get(cluster.schedulers[second].http_port, &path);
+    assert_eq!(status, 200, "{body}");
+    let after: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        after["resources"], before["resources"],
+        "kept in the history"
+    );
 }

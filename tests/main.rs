@@ -25,4 +25,6 @@ mod secure;
 mod slt;
 mod tls;
 mod tpch;
+mod traces;
+mod web;
 mod writes;

@@ -210,6 +210,8 @@ pub struct ProcessCluster {
     pub scheduler_url: String,
     /// The token its clients sign in with (`EMBER_TOKEN` of the environment it was given).
     pub token: Option<String>,
+    /// The scheduler's HTTP port (health, metrics, REST API, web UI).
+    pub http_port: u16,
     _dir: tempfile::TempDir,
     // Executors first: they are killed before the scheduler.
     _executors: Vec<ChildGuard>,
@@ -253,10 +255,13 @@ impl ProcessCluster {
         };
         let dir = tempfile::tempdir().unwrap();
         let port_file = dir.path().join("scheduler.port");
+        let http_port_file = dir.path().join("scheduler.http-port");
         let mut scheduler = spawn_guarded(
             Command::new(ember_bin())
                 .args(["scheduler", "--bind", "127.0.0.1:0", "--port-file"])
                 .arg(&port_file)
+                .arg("--http-port-file")
+                .arg(&http_port_file)
                 .env("EMBER_ALLOWED_LOCATIONS", allowed_locations())
                 .env("EMBER_ALLOW_ANONYMOUS", "true")
                 .envs(env.iter().copied())
@@ -264,6 +269,7 @@ impl ProcessCluster {
                 .stderr(log("scheduler.log")),
         );
         let port = wait_for_port(&port_file, &mut scheduler.0);
+        let http_port = wait_for_port(&http_port_file, &mut scheduler.0);
         let scheduler_url = format!("http://127.0.0.1:{port}");
         let mut guards = Vec::new();
         for i in 0..executors {
@@ -301,6 +307,7 @@ impl ProcessCluster {
         let cluster = ProcessCluster {
             scheduler_url,
             token,
+            http_port,
             _dir: dir,
             _executors: guards,
             _scheduler: scheduler,

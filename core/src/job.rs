@@ -31,6 +31,8 @@ pub enum TaskOutcome {
         partitions: Vec<PartitionStats>,
         /// Rows this task read from table files.
         rows_scanned: u64,
+        /// What it measured while it ran.
+        metrics: crate::task_metrics::TaskMetrics,
     },
     Failed {
         message: String,
@@ -61,6 +63,8 @@ pub struct TaskDefinition {
     pub plan: Bytes,
     /// DataFusion configuration for the task (`datafusion.*` keys).
     pub settings: Vec<(String, String)>,
+    /// The W3C `traceparent` of its job's span (empty when traces are not exported).
+    pub trace_parent: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +116,8 @@ pub struct JobStatus {
     pub inline_result: Bytes,
     /// Bytes written to shuffle by all stages of the job.
     pub shuffle_bytes: u64,
+    /// What its tasks used so far.
+    pub resources: crate::task_metrics::JobResources,
     pub stages: Vec<StageStatus>,
 }
 
@@ -159,4 +165,6 @@ pub struct ScriptStatus {
     pub statement_rows: Vec<u64>,
     /// Who submitted it, when known.
     pub owner: Option<String>,
+    /// What its statements used so far.
+    pub resources: crate::task_metrics::JobResources,
 }

@@ -16,6 +16,8 @@ pub mod records;
 pub mod retry;
 pub mod session;
 pub mod shuffle;
+pub mod task_metrics;
+pub mod telemetry;
 pub mod tls;
 pub mod write;
 

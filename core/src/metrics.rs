@@ -18,6 +18,9 @@ pub struct ExecutorMetrics {
     /// Times operators (sort, aggregate, join) spilled state to disk for want of memory.
     pub spill_count: u64,
     pub spilled_bytes: u64,
+    /// Memory its tasks and held shuffle output reserve from its pool now, and the pool's size.
+    pub memory_reserved_bytes: u64,
+    pub memory_limit_bytes: u64,
 }
 
 /// Upper bounds (seconds) of the buckets durations are counted in: from a millisecond to half
@@ -88,6 +91,9 @@ pub struct ExecutorCounters {
     pub shuffle_bytes_written: AtomicU64,
     pub spill_count: AtomicU64,
     pub spilled_bytes: AtomicU64,
+    /// The memory pool its tasks share (set once the executor built it).
+    pub memory:
+        std::sync::OnceLock<std::sync::Arc<dyn datafusion::execution::memory_pool::MemoryPool>>,
 }
 
 impl ExecutorCounters {
@@ -107,6 +113,11 @@ impl ExecutorCounters {
             shuffle_bytes_written: get(&self.shuffle_bytes_written),
             spill_count: get(&self.spill_count),
             spilled_bytes: get(&self.spilled_bytes),
+            memory_reserved_bytes: self.memory.get().map_or(0, |p| p.reserved() as u64),
+            memory_limit_bytes: self.memory.get().map_or(0, |p| match p.memory_limit() {
+                datafusion::execution::memory_pool::MemoryLimit::Finite(n) => n as u64,
+                _ => 0,
+            }),
         }
     }
 }

@@ -49,6 +49,8 @@ pub struct JobRecord {
     /// Relative share of task slots while jobs compete for them.
     pub weight: u32,
     pub label: JobLabel,
+    /// `EXPLAIN ANALYZE`: the job answers with what it measured, not its rows.
+    pub analyze: bool,
 }
 
 /// Where a job came from, for listings: the batch job (script) it is a statement of, if any,
@@ -165,4 +167,6 @@ pub struct ScriptRecord {
     pub tasks_done_before: u32,
     /// Who submitted it (the authenticated client's name), when known.
     pub owner: Option<String>,
+    /// What the statements already finished used.
+    pub resources_before: crate::task_metrics::JobResources,
 }

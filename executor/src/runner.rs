@@ -3,11 +3,12 @@
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::time::Instant;
 
 use datafusion::error::DataFusionError;
 use datafusion::execution::TaskContext;
 use datafusion::execution::memory_pool::MemoryLimit;
-use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion::physical_plan::common::collect;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use ember_core::EmberError;
@@ -16,6 +17,7 @@ use ember_core::job::{TaskDefinition, TaskOutcome, TaskStatus};
 use ember_core::metrics::{ExecutorCounters, file_rows_scanned, plan_spills};
 use ember_core::session::distributed_session_config;
 use ember_core::shuffle::{ShuffleEnv, ShuffleWriterExec};
+use ember_core::task_metrics::{TaskMemoryPool, TaskMetrics};
 use ember_core::{ExecutorId, TaskId};
 use futures::FutureExt;
 use parking_lot::Mutex;
@@ -109,15 +111,17 @@ impl TaskRunner {
             partition = task.task_id.partition,
             attempt = task.task_id.attempt,
         );
+        // Exported traces: the task's span is a child of its job's.
+        ember_core::telemetry::set_parent(&span, &task.trace_parent);
         let task_run = async move {
             let task_id = task.task_id.clone();
             let outcome = tokio::select! {
                 _ = token.cancelled() => None,
                 outcome = async {
                     let _permit = slots.acquire_owned().await.ok();
-                    let started = std::time::Instant::now();
+                    let started = Instant::now();
                     // A panic inside DataFusion fails the task instead of losing its report.
-                    let outcome = AssertUnwindSafe(run(ctx, &task))
+                    let outcome = AssertUnwindSafe(run(ctx, &task, started))
                         .catch_unwind()
                         .await;
                     env.counters.task_seconds.observe(started.elapsed());
@@ -203,9 +207,19 @@ impl TaskRunner {
             self.base.higher_order_functions().clone(),
             self.base.aggregate_functions().clone(),
             self.base.window_functions().clone(),
-            self.base.runtime_env(),
+            self.task_runtime()?,
         );
         Ok(Arc::new(ctx))
+    }
+
+    /// The executor's runtime, with a memory pool that counts what this task holds (all tasks
+    /// still share one pool and its limit).
+    fn task_runtime(&self) -> Result<Arc<RuntimeEnv>, DataFusionError> {
+        let shared = self.base.runtime_env();
+        let pool = Arc::new(TaskMemoryPool::new(Arc::clone(&shared.memory_pool)));
+        RuntimeEnvBuilder::from_runtime_env(&shared)
+            .with_memory_pool(pool)
+            .build_arc()
     }
 
     /// Waits for running tasks to end (after the shutdown token was cancelled).
@@ -215,9 +229,13 @@ impl TaskRunner {
     }
 }
 
-async fn run(ctx: Result<Arc<TaskContext>, DataFusionError>, task: &TaskDefinition) -> TaskOutcome {
+async fn run(
+    ctx: Result<Arc<TaskContext>, DataFusionError>,
+    task: &TaskDefinition,
+    started: Instant,
+) -> TaskOutcome {
     let limit = ctx.as_ref().ok().map(|c| c.memory_pool().memory_limit());
-    match execute(ctx, task).await {
+    match execute(ctx, task, started).await {
         Ok(outcome) => outcome,
         Err(e) => match find_ember_error(&e) {
             Some(EmberError::FetchFailed {
@@ -254,6 +272,7 @@ async fn run(ctx: Result<Arc<TaskContext>, DataFusionError>, task: &TaskDefiniti
 async fn execute(
     ctx: Result<Arc<TaskContext>, DataFusionError>,
     task: &TaskDefinition,
+    started: Instant,
 ) -> Result<TaskOutcome, DataFusionError> {
     let ctx = ctx?;
     let plan = ember_proto::decode_plan(&task.plan, &ctx)?;
@@ -281,8 +300,13 @@ async fn execute(
         metrics = %datafusion::physical_plan::display::DisplayableExecutionPlan::with_metrics(plan.as_ref()).indent(false),
         "task done"
     );
+    let peak_memory = ctx
+        .memory_pool()
+        .downcast_ref::<TaskMemoryPool>()
+        .map_or(0, TaskMemoryPool::peak);
     Ok(TaskOutcome::Succeeded {
         partitions: ShuffleWriterExec::stats_from_summary(&summary, partitions),
         rows_scanned: file_rows_scanned(&plan),
+        metrics: TaskMetrics::of_plan(&plan, started.elapsed().as_millis() as u64, peak_memory),
     })
 }

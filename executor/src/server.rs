@@ -194,6 +194,7 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
         )
         .build_arc()?;
     tracing::info!(memory_limit_mb = memory_limit >> 20, "executor memory pool");
+    let _ = counters.memory.set(Arc::clone(&runtime.memory_pool));
     let runner = Arc::new(TaskRunner::new(
         env,
         slots,
@@ -261,6 +262,7 @@ pub async fn start(config: ExecutorConfig) -> Result<ExecutorHandle> {
                     .connection
                     .tls
                     .server(ember_core::tls::Alpn::Http1)?,
+                routes: None,
             },
         )
         .await?;
@@ -396,6 +398,11 @@ impl ember_ops::Ops for ExecutorOps {
                 "ember_executor_memory_limit_bytes",
                 "The memory pool shared by its tasks.",
                 self.memory_limit as f64,
+            ),
+            Metric::gauge(
+                "ember_executor_memory_reserved_bytes",
+                "Memory its tasks and held shuffle output reserve from the pool now.",
+                m.memory_reserved_bytes as f64,
             ),
             Metric::gauge(
                 "ember_executor_jobs_held",

@@ -269,6 +269,9 @@ pub struct Access {
     pub auth: Option<Arc<Authenticator>>,
     /// HTTPS, when given (the process's certificate).
     pub tls: Option<Arc<ServerTls>>,
+    /// More routes the process serves on the same port (a scheduler's REST API and web UI),
+    /// which check their callers themselves.
+    pub routes: Option<Router>,
 }
 
 /// TLS connections, as axum takes them.
@@ -300,7 +303,7 @@ pub async fn serve(
     ops: Arc<dyn Ops>,
     access: Access,
 ) -> Result<OpsServer> {
-    let Access { auth, tls } = access;
+    let Access { auth, tls, routes } = access;
     let listener = match TcpListener::bind(bind).await {
         Ok(listener) => listener,
         Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && bind == default => {
@@ -328,6 +331,10 @@ pub async fn serve(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(Served { ops, auth });
+    let app = match routes {
+        Some(routes) => app.merge(routes),
+        None => app,
+    };
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
     let task = tokio::spawn(async move {

@@ -7,6 +7,7 @@ use ember_core::job::{
 };
 use ember_core::metrics::ExecutorMetrics;
 use ember_core::shuffle::PartitionLocation;
+use ember_core::task_metrics::{JobResources, Metric, MetricUnit, OperatorMetrics, TaskMetrics};
 use ember_core::{EmberError, JobId, TaskId};
 
 use crate::pb;
@@ -92,6 +93,8 @@ impl From<&ExecutorMetrics> for pb::ExecutorMetrics {
             shuffle_bytes_written: m.shuffle_bytes_written,
             spill_count: m.spill_count,
             spilled_bytes: m.spilled_bytes,
+            memory_reserved_bytes: m.memory_reserved_bytes,
+            memory_limit_bytes: m.memory_limit_bytes,
         }
     }
 }
@@ -108,6 +111,8 @@ impl From<pb::ExecutorMetrics> for ExecutorMetrics {
             shuffle_bytes_written: m.shuffle_bytes_written,
             spill_count: m.spill_count,
             spilled_bytes: m.spilled_bytes,
+            memory_reserved_bytes: m.memory_reserved_bytes,
+            memory_limit_bytes: m.memory_limit_bytes,
         }
     }
 }
@@ -133,12 +138,100 @@ impl TryFrom<pb::ExecutorInfo> for ExecutorInfo {
     }
 }
 
+impl From<&JobResources> for pb::JobResources {
+    fn from(r: &JobResources) -> Self {
+        pb::JobResources {
+            wall_ms: r.wall_ms,
+            compute_ns: r.compute_ns,
+            peak_task_memory_bytes: r.peak_task_memory_bytes,
+            rows_scanned: r.rows_scanned,
+            bytes_scanned: r.bytes_scanned,
+            shuffle_bytes: r.shuffle_bytes,
+            spilled_bytes: r.spilled_bytes,
+        }
+    }
+}
+
+impl From<pb::JobResources> for JobResources {
+    fn from(r: pb::JobResources) -> Self {
+        JobResources {
+            wall_ms: r.wall_ms,
+            compute_ns: r.compute_ns,
+            peak_task_memory_bytes: r.peak_task_memory_bytes,
+            rows_scanned: r.rows_scanned,
+            bytes_scanned: r.bytes_scanned,
+            shuffle_bytes: r.shuffle_bytes,
+            spilled_bytes: r.spilled_bytes,
+        }
+    }
+}
+
+impl From<&TaskMetrics> for pb::TaskMetrics {
+    fn from(m: &TaskMetrics) -> Self {
+        pb::TaskMetrics {
+            elapsed_ms: m.elapsed_ms,
+            compute_ns: m.compute_ns,
+            peak_memory_bytes: m.peak_memory_bytes,
+            bytes_scanned: m.bytes_scanned,
+            spilled_bytes: m.spilled_bytes,
+            operators: m
+                .operators
+                .iter()
+                .map(|o| pb::OperatorMetrics {
+                    operator: o.operator.clone(),
+                    metrics: o
+                        .metrics
+                        .iter()
+                        .map(|m| pb::OperatorMetric {
+                            name: m.name.clone(),
+                            unit: m.unit.name().to_string(),
+                            value: m.value,
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl From<pb::TaskMetrics> for TaskMetrics {
+    /// Metrics of a unit this version does not know are left out.
+    fn from(m: pb::TaskMetrics) -> Self {
+        TaskMetrics {
+            elapsed_ms: m.elapsed_ms,
+            compute_ns: m.compute_ns,
+            peak_memory_bytes: m.peak_memory_bytes,
+            bytes_scanned: m.bytes_scanned,
+            spilled_bytes: m.spilled_bytes,
+            operators: m
+                .operators
+                .into_iter()
+                .map(|o| OperatorMetrics {
+                    operator: o.operator,
+                    metrics: o
+                        .metrics
+                        .into_iter()
+                        .filter_map(|m| {
+                            Some(Metric {
+                                unit: MetricUnit::from_name(&m.unit)?,
+                                name: m.name,
+                                value: m.value,
+                            })
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
 impl From<&TaskStatus> for pb::TaskStatus {
     fn from(s: &TaskStatus) -> Self {
         let outcome = match &s.outcome {
             TaskOutcome::Succeeded {
                 partitions,
                 rows_scanned,
+                metrics,
             } => pb::task_status::Outcome::Succeeded(pb::TaskSucceeded {
                 partitions: partitions
                     .iter()
@@ -148,6 +241,7 @@ impl From<&TaskStatus> for pb::TaskStatus {
                     })
                     .collect(),
                 rows_scanned: *rows_scanned,
+                metrics: Some(metrics.into()),
             }),
             TaskOutcome::Failed { message, kind } => {
                 pb::task_status::Outcome::Failed(pb::TaskFailed {
@@ -188,6 +282,7 @@ impl TryFrom<pb::TaskStatus> for TaskStatus {
                     })
                     .collect(),
                 rows_scanned: ok.rows_scanned,
+                metrics: ok.metrics.map(Into::into).unwrap_or_default(),
             },
             pb::task_status::Outcome::Failed(f) => TaskOutcome::Failed {
                 message: f.message,
@@ -220,6 +315,7 @@ impl From<&TaskDefinition> for pb::TaskDefinition {
             task_id: Some((&t.task_id).into()),
             plan: t.plan.clone(),
             settings: t.settings.iter().cloned().collect(),
+            trace_parent: t.trace_parent.clone(),
         }
     }
 }
@@ -236,6 +332,7 @@ impl TryFrom<pb::TaskDefinition> for TaskDefinition {
             task_id: required(t.task_id, "task_id")?.try_into()?,
             plan: t.plan,
             settings,
+            trace_parent: t.trace_parent,
         })
     }
 }
@@ -359,6 +456,7 @@ impl From<&JobStatus> for pb::JobStatus {
             result_partitions: locations_to_proto(&s.result_partitions),
             inline_result: s.inline_result.clone(),
             shuffle_bytes: s.shuffle_bytes,
+            resources: Some((&s.resources).into()),
             stages: s
                 .stages
                 .iter()
@@ -392,6 +490,7 @@ impl TryFrom<pb::JobStatus> for JobStatus {
             result_partitions: locations_from_proto(s.result_partitions)?,
             inline_result: s.inline_result,
             shuffle_bytes: s.shuffle_bytes,
+            resources: s.resources.map(Into::into).unwrap_or_default(),
             stages: s
                 .stages
                 .into_iter()
@@ -427,6 +526,7 @@ impl From<&ScriptStatus> for pb::ScriptStatus {
             submitted_unix_ms: s.submitted_unix_ms,
             statement_rows: s.statement_rows.clone(),
             owner: s.owner.clone().unwrap_or_default(),
+            resources: Some((&s.resources).into()),
         }
     }
 }
@@ -451,6 +551,7 @@ impl TryFrom<pb::ScriptStatus> for ScriptStatus {
             submitted_unix_ms: s.submitted_unix_ms,
             statement_rows: s.statement_rows,
             owner: (!s.owner.is_empty()).then_some(s.owner),
+            resources: s.resources.map(Into::into).unwrap_or_default(),
         })
     }
 }
@@ -482,6 +583,21 @@ mod tests {
                     PartitionStats::default(),
                 ],
                 rows_scanned: 42,
+                metrics: TaskMetrics {
+                    elapsed_ms: 12,
+                    compute_ns: 3_000,
+                    peak_memory_bytes: 1 << 20,
+                    bytes_scanned: 99,
+                    spilled_bytes: 7,
+                    operators: vec![OperatorMetrics {
+                        operator: "SortExec".into(),
+                        metrics: vec![Metric {
+                            name: "spilled_bytes".into(),
+                            unit: MetricUnit::Bytes,
+                            value: 7,
+                        }],
+                    }],
+                },
             },
             TaskOutcome::Failed {
                 message: "boom".into(),

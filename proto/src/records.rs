@@ -78,6 +78,7 @@ pub fn encode_job(r: &JobRecord) -> Bytes {
         script_id: r.label.script.clone().unwrap_or_default(),
         description: r.label.description.clone(),
         owner: r.label.owner.clone().unwrap_or_default(),
+        analyze: r.analyze,
     }
     .encode_to_vec()
     .into()
@@ -115,6 +116,7 @@ pub fn decode_job(bytes: &[u8]) -> Result<JobRecord> {
             description: r.description,
             owner: (!r.owner.is_empty()).then_some(r.owner),
         },
+        analyze: r.analyze,
     })
 }
 
@@ -233,6 +235,7 @@ pub fn encode_script(r: &ScriptRecord) -> Bytes {
         stages_done_before: r.stages_done_before,
         tasks_done_before: r.tasks_done_before,
         owner: r.owner.clone().unwrap_or_default(),
+        resources_before: Some((&r.resources_before).into()),
     }
     .encode_to_vec()
     .into()
@@ -257,6 +260,7 @@ pub fn decode_script(bytes: &[u8]) -> Result<ScriptRecord> {
         stages_done_before: r.stages_done_before,
         tasks_done_before: r.tasks_done_before,
         owner: (!r.owner.is_empty()).then_some(r.owner),
+        resources_before: r.resources_before.map(Into::into).unwrap_or_default(),
     })
 }
 
@@ -313,6 +317,7 @@ mod tests {
             write: Some(spec.clone()),
             weight: 3,
             label: JobLabel::new(Some("s1".into()), "SELECT  1"),
+            analyze: true,
         };
         assert_eq!(decode_job(&encode_job(&job)).unwrap(), job);
         let out = StageOutput {

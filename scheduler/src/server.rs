@@ -153,6 +153,7 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
             let access = ember_ops::Access {
                 auth,
                 tls: http_tls,
+                routes: Some(crate::api::http::router(Arc::clone(&scheduler))),
             };
             let server =
                 ember_ops::serve(&bind, crate::config::DEFAULT_HTTP_BIND, ops, access).await?;

@@ -106,6 +106,19 @@ pub(crate) fn forward<T>(request: Request<T>) -> Request<T> {
     out
 }
 
+/// A call to the leader on behalf of an HTTP caller (the REST API and web UI of a standby):
+/// its `authorization` header, or the mark of an anonymous caller.
+pub(crate) fn forwarded_http<U>(authorization: Option<&[u8]>, inner: U) -> Request<U> {
+    let header = authorization.and_then(|h| MetadataValue::try_from(h).ok());
+    let anonymous = header.is_none();
+    let mut out = with_credentials(header, inner);
+    if anonymous {
+        out.metadata_mut()
+            .insert(ANONYMOUS, tonic::metadata::MetadataValue::from_static("1"));
+    }
+    out
+}
+
 /// Refuses a cluster call (registration, heartbeat, task report) from anyone but a process of
 /// the cluster: with mutual TLS, by the role in its certificate (`tls::require_role`); without
 /// it, by an executor's token (one of a user named `ember-executor…`), unless the cluster lets

@@ -270,4 +270,20 @@ impl SchedulerService for SchedulerGrpc {
             scheduler_rows_scanned: self.scheduler.rows_scanned(),
         }))
     }
+
+    async fn http_get(
+        &self,
+        request: Request<pb::HttpGetRequest>,
+    ) -> Result<Response<pb::HttpGetResponse>, Status> {
+        forward!(self, request, http_get);
+        let caller = super::auth::caller(&request);
+        let req = request.into_inner();
+        let answer =
+            super::http::answer(&self.scheduler, caller.as_ref(), &req.path, &req.query).await;
+        Ok(Response::new(pb::HttpGetResponse {
+            status: answer.status as u32,
+            content_type: answer.content_type.to_string(),
+            body: answer.body.into(),
+        }))
+    }
 }

@@ -4,3 +4,6 @@
 pub(crate) mod auth;
 pub mod flight_sql;
 pub mod grpc;
+pub mod http;
+pub mod rest;
+pub mod ui;

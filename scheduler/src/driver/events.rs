@@ -39,7 +39,7 @@ pub struct InlineResult {
 
 #[derive(Debug)]
 pub enum JobEntry {
-    Distributed(Job),
+    Distributed(Box<Job>),
     Inline(InlineResult),
 }
 

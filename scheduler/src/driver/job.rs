@@ -1,7 +1,8 @@
 //! One job: its stages, their tasks and attempts, and where finished tasks' outputs lie. Pure:
 //! it consumes what happened (task launched, finished, executor lost, cancel) and answers what
 //! changed; the [`Driver`](super::Driver) acts on that. Recovery (retries, lost outputs) is in
-//! `recovery.rs`; what a job records and how it comes back from its records is here.
+//! `recovery.rs`; what a job records and how it comes back from its records in
+//! `job_records.rs`.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -11,11 +12,12 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::physical_plan::ExecutionPlan;
 use ember_core::error::ErrorKind;
 use ember_core::job::{JobState, PartitionStats, StageStatus, TaskOutcome, TaskStatus};
-use ember_core::records::{JobLabel, JobRecord, StageOutput, StageRecord, TaskOutput, WriteSpec};
+use ember_core::records::{JobLabel, WriteSpec};
 use ember_core::shuffle::PartitionLocation;
-use ember_core::{EmberError, ExecutorId, JobId, Result, StageId, TaskId};
+use ember_core::{ExecutorId, JobId, StageId, TaskId};
 
-use crate::planner::{StageGraph, StagePlan};
+use super::stats::TaskInfo;
+use crate::planner::StageGraph;
 
 /// How many times one task may fail before its job fails, by default.
 pub const DEFAULT_MAX_TASK_ATTEMPTS: u32 = 4;
@@ -75,6 +77,8 @@ pub struct Stage {
     pub avoid: Vec<Option<ExecutorId>>,
     /// How many metadata-store values the stage's plan was written in.
     pub plan_chunks: u32,
+    /// Per task: when it was launched, what it measured, how it last failed.
+    pub info: Vec<TaskInfo>,
 }
 
 /// What a task event changed for the job.
@@ -104,6 +108,10 @@ pub struct JobOptions {
     /// Set for `COPY` / `INSERT`: what to commit once every stage is done.
     pub write: Option<WriteSpec>,
     pub label: JobLabel,
+    /// `EXPLAIN ANALYZE`: the job's answer is the report of what it measured.
+    pub analyze: bool,
+    /// The W3C `traceparent` of its planning span; its tasks' spans join that trace.
+    pub trace_parent: String,
 }
 
 impl Default for JobOptions {
@@ -114,6 +122,8 @@ impl Default for JobOptions {
             weight: 1,
             write: None,
             label: JobLabel::default(),
+            analyze: false,
+            trace_parent: String::new(),
         }
     }
 }
@@ -152,6 +162,10 @@ pub struct Job {
     /// Set for `COPY` / `INSERT`: the job succeeds for clients only once `committed`.
     pub write: Option<WriteSpec>,
     pub committed: bool,
+    /// `EXPLAIN ANALYZE`: answered by [`super::analyze::report`], its data freed when it ends.
+    pub analyze: bool,
+    /// See [`JobOptions::trace_parent`] (not recorded: a restored job is not traced).
+    pub trace_parent: String,
 }
 
 impl Job {
@@ -172,6 +186,7 @@ impl Job {
                     failures: vec![0; s.tasks],
                     avoid: vec![None; s.tasks],
                     plan_chunks: 0,
+                    info: vec![TaskInfo::default(); s.tasks],
                 };
                 (s.stage_id, stage)
             })
@@ -196,185 +211,8 @@ impl Job {
             cancels: Vec::new(),
             write: options.write,
             committed: false,
-        }
-    }
-
-    /// What the store keeps of the job, as it stands.
-    pub fn record(&self) -> JobRecord {
-        JobRecord {
-            job_id: self.id.clone(),
-            state: self.state,
-            error: self.error.clone(),
-            error_kind: self.error_kind,
-            settings: self.settings.clone(),
-            stages: self
-                .stages
-                .iter()
-                .map(|(id, s)| StageRecord {
-                    stage_id: *id,
-                    inputs: s.inputs.clone(),
-                    output_partitions: s.output_partitions as u32,
-                    tasks: s.tasks.len() as u32,
-                    plan_chunks: s.plan_chunks,
-                })
-                .collect(),
-            final_stage: self.final_stage,
-            schema: ember_core::shuffle::schema_to_bytes(&self.schema),
-            submitted_unix_ms: self.submitted_ms,
-            finished_unix_ms: self.finished_ms.unwrap_or(0),
-            max_task_attempts: self.max_task_attempts,
-            write: self.write.clone(),
-            weight: self.weight,
-            label: self.label.clone(),
-        }
-    }
-
-    /// Where a stage's output lies, for its record; `None` while some task is not done.
-    pub fn stage_output(&self, stage: StageId) -> Option<StageOutput> {
-        let tasks = self.stages.get(&stage)?.tasks.iter().map(|t| match t {
-            TaskState::Done {
-                executor,
-                address,
-                stats,
-                attempt,
-            } => Some(TaskOutput {
-                executor_id: executor.to_string(),
-                address: address.clone(),
-                attempt: *attempt,
-                partitions: stats.clone(),
-            }),
-            _ => None,
-        });
-        Some(StageOutput {
-            tasks: tasks.collect::<Option<Vec<_>>>()?,
-        })
-    }
-
-    /// Rebuilds a job from its records: `plans` holds each stage's decoded plan (a finished job
-    /// needs none), `outputs` the recorded outputs of completed stages. A task whose output lies
-    /// on an executor that is still `alive` is done; the rest run again, where still needed.
-    pub fn restore(
-        record: JobRecord,
-        mut plans: BTreeMap<StageId, Arc<dyn ExecutionPlan>>,
-        outputs: BTreeMap<StageId, StageOutput>,
-        alive: &dyn Fn(&ExecutorId) -> bool,
-    ) -> Result<Job> {
-        let schema = Arc::new(ember_core::shuffle::schema_from_bytes(&record.schema)?);
-        let terminal = record.state.is_terminal();
-        let mut stages = BTreeMap::new();
-        for s in &record.stages {
-            let plan = match plans.remove(&s.stage_id) {
-                Some(plan) => plan,
-                // A finished job needs no plans, only its result's whereabouts.
-                None if terminal => Arc::new(datafusion::physical_plan::empty::EmptyExec::new(
-                    Arc::clone(&schema),
-                )) as Arc<dyn ExecutionPlan>,
-                None => {
-                    return Err(EmberError::Internal(format!(
-                        "job {}: the plan of stage {} is missing",
-                        record.job_id, s.stage_id
-                    )));
-                }
-            };
-            let stage = StagePlan {
-                stage_id: s.stage_id,
-                plan,
-                inputs: s.inputs.clone(),
-                tasks: s.tasks as usize,
-                output_partitions: s.output_partitions as usize,
-            };
-            stages.insert(s.stage_id, stage);
-        }
-        let graph = StageGraph {
-            stages,
-            final_stage: record.final_stage,
-            schema,
-        };
-        let options = JobOptions {
-            settings: record.settings.clone(),
-            max_task_attempts: record.max_task_attempts,
-            weight: record.weight,
-            write: record.write.clone(),
-            label: record.label.clone(),
-        };
-        let mut job = Job::new(
-            record.job_id.clone(),
-            graph,
-            options,
-            record.submitted_unix_ms,
-        );
-        // A write job is recorded as succeeded only once its commit is done.
-        job.committed = record.state == JobState::Succeeded;
-        for s in &record.stages {
-            if let Some(stage) = job.stages.get_mut(&s.stage_id) {
-                stage.plan_chunks = s.plan_chunks;
-            }
-        }
-        for (stage_id, output) in outputs {
-            for (p, task) in output.tasks.into_iter().enumerate() {
-                let executor = ExecutorId::from(task.executor_id);
-                if !terminal && !alive(&executor) {
-                    continue;
-                }
-                let done = TaskState::Done {
-                    executor,
-                    address: task.address,
-                    stats: task.partitions,
-                    attempt: task.attempt,
-                };
-                job.restore_task(stage_id, p, done);
-            }
-        }
-        if terminal {
-            for stage in job.stages.values_mut() {
-                stage.state = StageState::Completed;
-            }
-            job.state = record.state;
-            job.error = record.error;
-            job.error_kind = record.error_kind;
-            job.finished_ms = Some(record.finished_unix_ms);
-        } else {
-            job.settle_restored();
-        }
-        Ok(job)
-    }
-
-    /// Marks a recovered stage's task as done (its output was recorded before a failover).
-    fn restore_task(&mut self, stage: StageId, partition: usize, done: TaskState) {
-        if let Some(t) = self
-            .stages
-            .get_mut(&stage)
-            .and_then(|s| s.tasks.get_mut(partition))
-        {
-            *t = done;
-        }
-    }
-
-    /// After tasks were restored from records: stages whose tasks are all done are complete,
-    /// and so are stages no unfinished stage reads any more (their lost outputs are not redone).
-    fn settle_restored(&mut self) {
-        for stage in self.stages.values_mut() {
-            if stage
-                .tasks
-                .iter()
-                .all(|t| matches!(t, TaskState::Done { .. }))
-            {
-                stage.state = StageState::Completed;
-            }
-        }
-        loop {
-            let unneeded: Vec<StageId> = self
-                .stages
-                .iter()
-                .filter(|(id, s)| s.state != StageState::Completed && !self.is_needed(**id))
-                .map(|(id, _)| *id)
-                .collect();
-            if unneeded.is_empty() {
-                break;
-            }
-            for id in unneeded {
-                self.stages.get_mut(&id).expect("listed").state = StageState::Completed;
-            }
+            analyze: options.analyze,
+            trace_parent: options.trace_parent,
         }
     }
 
@@ -593,6 +431,7 @@ impl Job {
             .stages
             .get_mut(&id.stage_id)
             .expect("checked by caller");
+        stage.info[p].reported(&status.outcome, now_ms);
         match &status.outcome {
             TaskOutcome::Failed {
                 message,
@@ -636,6 +475,7 @@ impl Job {
             TaskOutcome::Succeeded {
                 partitions,
                 rows_scanned,
+                ..
             } => {
                 stage.tasks[p] = TaskState::Done {
                     executor: status.executor_id.clone(),

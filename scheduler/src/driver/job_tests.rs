@@ -63,6 +63,7 @@ fn ok(job: &Job, stage: StageId, partition: u32, executor: &str, rows: &[u64]) -
         TaskOutcome::Succeeded {
             partitions,
             rows_scanned: 1,
+            metrics: super::test_support::task_metrics(),
         },
     )
 }
@@ -160,6 +161,53 @@ fn stages_run_in_dependency_order_and_the_job_succeeds() {
     assert_eq!(j.finished_ms, Some(9));
     assert_eq!(j.rows_scanned, 5);
     assert_eq!(j.tasks_completed(), 5);
+    // What the tasks measured adds up per stage and for the job.
+    let stage = j.stage_metrics(1);
+    assert_eq!(
+        (stage.tasks, stage.compute_ns, stage.task_ms),
+        (2, 2_000, vec![5, 5])
+    );
+    let used = j.resources(100);
+    assert_eq!(used.compute_ns, 5_000, "five tasks");
+    assert_eq!(used.peak_task_memory_bytes, 64);
+    assert_eq!(
+        used.wall_ms, 9,
+        "from submission (0) to the end (9), not to now"
+    );
+    assert_eq!(used.shuffle_bytes, j.shuffle_bytes());
+    let report = super::analyze::render(&j);
+    assert!(
+        report.contains("Stage 3 (tasks=1, inputs=[1, 2]) [final]"),
+        "{report}"
+    );
+    assert!(report.contains("output=7 rows"), "{report}");
+}
+
+#[test]
+fn a_task_keeps_its_last_failure_and_the_stage_its_wall_time() {
+    let mut j = job(&[(1, 1, &[])]);
+    start(&mut j);
+    launch_all(&mut j, "e1");
+    let s = failed(&j, 1, 0, "e1", ErrorKind::Internal);
+    j.task_finished(&s, "a", 3).unwrap();
+    let info = &j.stages[&1].info[0];
+    assert!(
+        info.last_error.as_deref().unwrap().contains("boom"),
+        "{info:?}"
+    );
+    assert_eq!(info.finished_ms, Some(3));
+    // Launch times come from the driver's placement; a stage without them has no wall time.
+    assert_eq!(j.stage_wall_ms(1), None);
+    j.stages.get_mut(&1).unwrap().info[0].launched(7, 10);
+    launch_all(&mut j, "e2");
+    let done = ok(&j, 1, 0, "e2", &[1]);
+    j.task_finished(&done, "a", 25).unwrap();
+    assert_eq!(j.stage_wall_ms(1), Some(15));
+    assert_eq!(
+        j.stage_metrics(1).tasks,
+        1,
+        "only the attempt that succeeded is measured"
+    );
 }
 
 #[test]

@@ -7,14 +7,17 @@
 //! (`driver/tests.rs`, and a seeded random interleaving in `driver/simulation.rs`). The runtime
 //! (`crate::runtime`) is the only caller, and the only writer of job state.
 
+pub mod analyze;
 mod events;
 pub mod job;
+mod job_records;
 #[cfg(test)]
 mod job_tests;
 pub mod placement;
 mod recovery;
 #[cfg(test)]
 mod simulation;
+pub mod stats;
 #[cfg(test)]
 mod test_support;
 #[cfg(test)]
@@ -184,7 +187,7 @@ impl Driver {
             Event::CommitFailed { job, error } => self.commit_failed(&job, error, now, &mut out),
             Event::Tick => self.tick(now, &mut out),
         }
-        self.assign(&mut out);
+        self.assign(now, &mut out);
         out
     }
 
@@ -243,6 +246,10 @@ impl Driver {
                 result_partitions: Vec::new(),
                 inline_result: j.result.clone(),
                 shuffle_bytes: 0,
+                resources: ember_core::task_metrics::JobResources {
+                    wall_ms: j.elapsed_ms,
+                    ..Default::default()
+                },
                 stages: Vec::new(),
             },
             JobEntry::Distributed(job) => {
@@ -261,13 +268,18 @@ impl Driver {
                         .unwrap_or(now)
                         .saturating_sub(job.submitted_ms),
                     result_schema: ember_core::shuffle::schema_to_bytes(&job.schema),
-                    result_partitions: if state == JobState::Succeeded {
+                    result_partitions: if state == JobState::Succeeded && !job.analyze {
                         job.output_locations(job.final_stage).unwrap_or_default()
                     } else {
                         Vec::new()
                     },
-                    inline_result: Bytes::new(),
+                    inline_result: if state == JobState::Succeeded && job.analyze {
+                        analyze::report(job)?
+                    } else {
+                        Bytes::new()
+                    },
                     shuffle_bytes: job.shuffle_bytes(),
+                    resources: job.resources(now),
                     stages: job.stage_statuses(),
                 }
             }
@@ -282,7 +294,8 @@ impl Driver {
         };
         job.attempt_base = attempt_base(fence);
         let id = job.id.clone();
-        self.jobs.insert(id.clone(), JobEntry::Distributed(job));
+        self.jobs
+            .insert(id.clone(), JobEntry::Distributed(Box::new(job)));
         self.active.push(id.clone());
         self.advance(&id, now, out);
     }
@@ -405,7 +418,8 @@ impl Driver {
             let record = Record::Job(Box::new(job.record()));
             out.push(Effect::Persist { fence, record });
         }
-        if job.state != JobState::Succeeded {
+        // Nobody reads an EXPLAIN ANALYZE job's rows: its answer is its report.
+        if job.state != JobState::Succeeded || job.analyze {
             out.push(self.remove_data(job_id));
         }
         out.push(ended);
@@ -566,7 +580,7 @@ impl Driver {
                     });
                 }
             }
-            self.jobs.insert(id, JobEntry::Distributed(job));
+            self.jobs.insert(id, JobEntry::Distributed(Box::new(job)));
         }
         for write in writes {
             if self.committing.insert(write.job_id.clone()) {
@@ -644,7 +658,7 @@ impl Driver {
     // ---- placement ------------------------------------------------------------------------
 
     /// Places pending tasks of the active jobs on free slots, by the configured policy.
-    fn assign(&mut self, out: &mut Out) {
+    fn assign(&mut self, now: u64, out: &mut Out) {
         if self.fence.is_none() || !self.cluster.has_free_slot() {
             return;
         }
@@ -660,7 +674,7 @@ impl Driver {
             .iter_mut()
             .filter(|(id, _)| active.contains(id))
             .filter_map(|(_, e)| match e {
-                JobEntry::Distributed(job) => Some(job),
+                JobEntry::Distributed(job) => Some(&mut **job),
                 JobEntry::Inline(_) => None,
             })
             .collect();
@@ -669,6 +683,13 @@ impl Driver {
         let mut by_executor: BTreeMap<ExecutorId, (ExecutorSpec, Vec<TaskDefinition>)> =
             BTreeMap::new();
         for launch in launches {
+            let task = &launch.task.task_id;
+            if let Some(JobEntry::Distributed(job)) = self.jobs.get_mut(&task.job_id)
+                && let Some(stage) = job.stages.get_mut(&task.stage_id)
+                && let Some(info) = stage.info.get_mut(task.partition as usize)
+            {
+                info.launched(task.attempt, now);
+            }
             by_executor
                 .entry(launch.executor.id.clone())
                 .or_insert_with(|| (launch.executor.clone(), Vec::new()))

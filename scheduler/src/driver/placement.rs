@@ -308,6 +308,7 @@ pub fn assign(
                 task_id,
                 plan,
                 settings: job.settings.clone(),
+                trace_parent: job.trace_parent.clone(),
             },
         });
     }

@@ -74,7 +74,18 @@ pub fn succeeded(task: &TaskId, executor: &str) -> TaskStatus {
         outcome: TaskOutcome::Succeeded {
             partitions: vec![PartitionStats { rows: 1, bytes: 8 }; 2],
             rows_scanned: 1,
+            metrics: task_metrics(),
         },
+    }
+}
+
+/// What a test task measured: 5 ms, 1 µs of CPU, 64 bytes at most.
+pub fn task_metrics() -> ember_core::task_metrics::TaskMetrics {
+    ember_core::task_metrics::TaskMetrics {
+        elapsed_ms: 5,
+        compute_ns: 1_000,
+        peak_memory_bytes: 64,
+        ..Default::default()
     }
 }
 

@@ -109,6 +109,8 @@ pub struct Scheduler {
     /// How long the jobs this scheduler led to their end took, by outcome (succeeded, failed,
     /// cancelled).
     job_seconds: [ember_core::metrics::Histogram; 3],
+    /// How long stages of ended jobs ran, from their first launch to their last report.
+    stage_seconds: ember_core::metrics::Histogram,
     me: Weak<Scheduler>,
 }
 
@@ -169,6 +171,7 @@ impl Scheduler {
             auth,
             planning: Default::default(),
             job_seconds: Default::default(),
+            stage_seconds: Default::default(),
             me: me.clone(),
         })
     }
@@ -359,12 +362,20 @@ impl Scheduler {
     const OUTCOMES: [JobState; 3] = [JobState::Succeeded, JobState::Failed, JobState::Cancelled];
 
     fn observe_job_end(&self, job: &JobId, state: JobState) {
-        let (submitted, adhoc) = self.read(|d| match d.job(job) {
-            Some(JobEntry::Distributed(job)) => {
-                (Some(job.submitted_ms), job.label.script.is_none())
-            }
-            _ => (None, false),
+        let (submitted, adhoc, stages, trace_parent) = self.read(|d| match d.job(job) {
+            Some(JobEntry::Distributed(job)) => (
+                Some(job.submitted_ms),
+                job.label.script.is_none(),
+                job.stage_spans(),
+                job.trace_parent.clone(),
+            ),
+            _ => (None, false, Vec::new(), String::new()),
         });
+        for s in &stages {
+            let ms = s.end_unix_ms.saturating_sub(s.start_unix_ms);
+            self.stage_seconds.observe(Duration::from_millis(ms));
+        }
+        ember_core::telemetry::export_stage_spans(job.as_str(), &trace_parent, &stages);
         // A batch job's statements are kept in the history as the batch job.
         if adhoc {
             self.record_history(job.as_str());
@@ -549,7 +560,26 @@ impl Scheduler {
                 .with_label("outcome", state.name()),
             );
         }
+        out.push(Metric::histogram(
+            "ember_stage_duration_seconds",
+            "How long stages ran, from their first task's launch to their last task's report.",
+            self.stage_seconds.snapshot(),
+        ));
         self.read(|d| {
+            let pending: usize = d
+                .jobs()
+                .filter_map(|(_, e)| match e {
+                    JobEntry::Distributed(job) if !job.state.is_terminal() => {
+                        Some(job.pending_tasks().len())
+                    }
+                    _ => None,
+                })
+                .sum();
+            out.push(Metric::gauge(
+                "ember_pending_tasks",
+                "Tasks of runnable stages waiting for a free slot (the queue's depth).",
+                pending as f64,
+            ));
             out.push(Metric::gauge(
                 "ember_executors",
                 "Executors registered with this leader.",

@@ -108,6 +108,7 @@ impl Scheduler {
             stages_done_before: 0,
             tasks_done_before: 0,
             owner,
+            resources_before: Default::default(),
         };
         if !self.persist_script(fence, &record).await? {
             return Err(super::not_leader());
@@ -207,6 +208,7 @@ impl Scheduler {
                         r.statement_rows.push(rows);
                         r.stages_done_before += status.stages_total;
                         r.tasks_done_before += status.tasks_total;
+                        r.resources_before.add(&status.resources);
                         r.current_job_id.clear();
                     });
                     if !self.save_script(fence, &id).await {
@@ -366,16 +368,19 @@ impl Scheduler {
                     .await
                     .ok()
             };
-            let (stages, stages_done, tasks, tasks_done) = current
+            let (stages, stages_done, tasks, tasks_done, used) = current
                 .map(|s| {
                     (
                         s.stages_total,
                         s.stages_completed,
                         s.tasks_total,
                         s.tasks_completed,
+                        s.resources,
                     )
                 })
                 .unwrap_or_default();
+            let mut resources = r.resources_before;
+            resources.add(&used);
             let end = if r.finished_unix_ms > 0 {
                 r.finished_unix_ms
             } else {
@@ -398,6 +403,7 @@ impl Scheduler {
                 submitted_unix_ms: r.submitted_unix_ms,
                 statement_rows: r.statement_rows,
                 owner: r.owner,
+                resources,
             });
         }
         if id.is_none() {
@@ -415,6 +421,15 @@ impl Scheduler {
         }
         out.sort_by_key(|s| std::cmp::Reverse(s.submitted_unix_ms));
         Ok(out)
+    }
+
+    /// A batch job's statements, while its record is kept.
+    pub fn script_statements(&self, id: &str) -> Option<Vec<String>> {
+        self.scripts
+            .records
+            .lock()
+            .get(id)
+            .map(|r| r.statements.clone())
     }
 
     /// The jobs this leader knows that no script submitted (all, or the one with `id`).
@@ -456,6 +471,7 @@ impl Scheduler {
                             Vec::new()
                         },
                         owner: label.owner.clone(),
+                        resources: status.resources,
                     })
                 })
                 .collect()

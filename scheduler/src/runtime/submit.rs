@@ -136,11 +136,6 @@ impl Scheduler {
         };
         let df = ctx.execute_logical_plan(plan).await?;
         let logical = df.logical_plan().clone();
-        if let LogicalPlan::Analyze(_) = logical {
-            return Err(EmberError::User(
-                "EXPLAIN ANALYZE is not supported yet; use EXPLAIN".into(),
-            ));
-        }
         if let LogicalPlan::Explain(explain) = &logical {
             let inner = ctx.state().create_physical_plan(&explain.plan).await?;
             // A write shows as it runs: staged, in parallel.
@@ -154,20 +149,27 @@ impl Scheduler {
             self.finish_inline(job_id.clone(), &schema, &[batch], start, label)?;
             return Ok(job_id);
         }
-        let physical = df.create_physical_plan().await?;
+        // EXPLAIN ANALYZE runs its query as a job that answers with what it measured.
+        let (physical, analyze) = match &logical {
+            LogicalPlan::Analyze(a) => (ctx.state().create_physical_plan(&a.input).await?, true),
+            _ => (df.create_physical_plan().await?, false),
+        };
         let write = crate::writes::plan_write(&job_id, &physical)?;
         let physical = match &write {
             Some(w) => Arc::clone(&w.plan),
             None => physical,
         };
-        if write.is_none() && !reads_files(&physical) {
+        if write.is_none() && !analyze && !reads_files(&physical) {
             let batches = collect(Arc::clone(&physical), ctx.task_ctx()).await?;
             self.add_rows_scanned(file_rows_scanned(&physical));
             let schema = physical.schema();
             self.finish_inline(job_id.clone(), &schema, &batches, start, label)?;
             return Ok(job_id);
         }
-        let graph = plan_stages(job_id.as_str(), physical)?;
+        let mut graph = plan_stages(job_id.as_str(), physical)?;
+        if analyze {
+            graph.schema = crate::driver::analyze::schema();
+        }
         // Encoding refuses a plan executors could not receive now, rather than fail it later.
         let plans = graph
             .stages
@@ -195,6 +197,9 @@ impl Scheduler {
                 stage,
                 single_file: w.single_file,
             }),
+            analyze,
+            // Planning runs in the job's span: its tasks join that trace.
+            trace_parent: ember_core::telemetry::current_traceparent(),
         };
         let mut job = Job::new(job_id.clone(), graph, options, unix_ms());
         let fence = self.record_job(&mut job, plans).await?;
@@ -353,6 +358,9 @@ impl Scheduler {
         start: Instant,
         label: JobLabel,
     ) -> Result<()> {
+        // An ad-hoc statement is kept in the history like a distributed query (a batch job's
+        // statements are kept as their batch job).
+        let adhoc = label.script.is_none();
         let result = InlineResult {
             schema: schema_to_bytes(schema),
             result: batches_to_ipc_stream(schema, batches)?,
@@ -361,9 +369,12 @@ impl Scheduler {
             label,
         };
         self.dispatch(Event::InlineFinished {
-            job: job_id,
+            job: job_id.clone(),
             result,
         });
+        if adhoc {
+            self.record_history(job_id.as_str());
+        }
         Ok(())
     }
 }
