@@ -21,6 +21,7 @@ use futures::stream::{self, StreamExt, TryStreamExt};
 use super::{PartitionLocation, ShuffleEnv, flight_data_stream};
 use crate::error::EmberError;
 use crate::metrics::ExecutorCounters;
+use datafusion::physical_plan::metrics::{ExecutionPlanMetricsSet, MetricBuilder, MetricsSet};
 
 /// How many map outputs one reader partition fetches at once.
 const FETCH_CONCURRENCY: usize = 16;
@@ -32,6 +33,8 @@ pub struct ShuffleReaderExec {
     /// Per output partition, where its pieces are; empty until the stage's inputs are resolved.
     locations: Vec<Vec<PartitionLocation>>,
     properties: Arc<PlanProperties>,
+    /// Rows read, pieces read here and fetched from other executors (EXPLAIN ANALYZE).
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl ShuffleReaderExec {
@@ -66,6 +69,7 @@ impl ShuffleReaderExec {
             schema,
             locations,
             properties: Arc::new(properties),
+            metrics: ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -110,6 +114,10 @@ impl ExecutionPlan for ShuffleReaderExec {
         vec![]
     }
 
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn with_new_children(
         self: Arc<Self>,
         children: Vec<Arc<dyn ExecutionPlan>>,
@@ -143,9 +151,22 @@ impl ExecutionPlan for ShuffleReaderExec {
         let locations = self.locations.get(partition).cloned().ok_or_else(|| {
             DataFusionError::Internal(format!("shuffle reader has no partition {partition}"))
         })?;
+        let builder = || MetricBuilder::new(&self.metrics);
+        let rows = builder().output_rows(partition);
+        let (local, remote) = (
+            builder().counter("local_pieces", partition),
+            builder().counter("remote_pieces", partition),
+        );
         let pieces = stream::iter(locations.into_iter().filter(|l| l.rows > 0))
-            .map(move |location| read_location(Arc::clone(&env), location))
-            .flatten_unordered(FETCH_CONCURRENCY);
+            .map(move |location| {
+                match location.executor_id == env.executor_id {
+                    true => local.add(1),
+                    false => remote.add(1),
+                }
+                read_location(Arc::clone(&env), location)
+            })
+            .flatten_unordered(FETCH_CONCURRENCY)
+            .inspect_ok(move |batch| rows.add(batch.num_rows()));
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             Arc::clone(&self.schema),
             pieces,

@@ -36,6 +36,8 @@ pub struct ShuffleWriterExec {
     input: Arc<dyn ExecutionPlan>,
     output: ShuffleOutput,
     properties: Arc<PlanProperties>,
+    /// Rows and bytes written, time spent partitioning and writing (EXPLAIN ANALYZE).
+    metrics: metrics::ExecutionPlanMetricsSet,
 }
 
 impl ShuffleWriterExec {
@@ -58,6 +60,7 @@ impl ShuffleWriterExec {
             input,
             output,
             properties: Arc::new(properties),
+            metrics: metrics::ExecutionPlanMetricsSet::new(),
         }
     }
 
@@ -147,6 +150,10 @@ impl ExecutionPlan for ShuffleWriterExec {
         vec![&self.input]
     }
 
+    fn metrics(&self) -> Option<metrics::MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
     fn with_new_children(
         self: Arc<Self>,
         mut children: Vec<Arc<dyn ExecutionPlan>>,
@@ -192,6 +199,13 @@ impl ExecutionPlan for ShuffleWriterExec {
         let pool = Arc::clone(context.memory_pool());
         let input = self.input.execute(partition, context)?;
         let input_partitions = self.input.output_partitioning().partition_count();
+        let measured = WriteMetrics {
+            compute: metrics::MetricBuilder::new(&self.metrics).elapsed_compute(partition),
+            repartition: metrics::MetricBuilder::new(&self.metrics)
+                .subset_time("repartition_time", partition),
+            rows: metrics::MetricBuilder::new(&self.metrics).counter("rows_written", partition),
+            bytes: metrics::MetricBuilder::new(&self.metrics).counter("bytes_written", partition),
+        };
         let write = write_partition(
             env,
             pool,
@@ -201,12 +215,21 @@ impl ExecutionPlan for ShuffleWriterExec {
             input_partitions,
             self.output.clone(),
             input,
+            measured,
         );
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             summary_schema(),
             futures::stream::once(write),
         )))
     }
+}
+
+/// What one map task's write measures.
+struct WriteMetrics {
+    compute: metrics::Time,
+    repartition: metrics::Time,
+    rows: metrics::Count,
+    bytes: metrics::Count,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -219,13 +242,14 @@ async fn write_partition(
     input_partitions: usize,
     output: ShuffleOutput,
     mut input: SendableRecordBatchStream,
+    measured: WriteMetrics,
 ) -> Result<RecordBatch> {
     let schema = input.schema();
     let partitions = output.partition_count();
     let mut partitioner = match &output {
         ShuffleOutput::Hash(p) => Some(BatchPartitioner::try_new(
             p.clone(),
-            metrics::Time::new(),
+            measured.repartition.clone(),
             map,
             input_partitions,
         )?),
@@ -257,6 +281,8 @@ async fn write_partition(
         };
     while let Some(batch) = input.next().await {
         let batch = batch?;
+        // Time spent here, not waiting for the input.
+        let _timer = measured.compute.timer();
         match partitioner.as_mut() {
             Some(partitioner) => {
                 for item in partitioner.partition_iter(batch)? {
@@ -267,6 +293,7 @@ async fn write_partition(
             None => push(&mut writer, map.min(partitions - 1), batch)?,
         }
     }
+    let _timer = measured.compute.timer();
     for (p, coalescer) in coalescers.iter_mut().enumerate() {
         coalescer.finish_buffered_batch()?;
         while let Some(done) = coalescer.next_completed_batch() {
@@ -277,6 +304,10 @@ async fn write_partition(
     let stats = output.stats().to_vec();
     env.store.insert(&job_id, stage_id, map as u32, output);
     let written: u64 = stats.iter().map(|s| s.bytes).sum();
+    measured.bytes.add(written as usize);
+    measured
+        .rows
+        .add(stats.iter().map(|s| s.rows).sum::<u64>() as usize);
     crate::metrics::ExecutorCounters::add(&env.counters.shuffle_bytes_written, written);
     let batch = RecordBatch::try_new(
         summary_schema(),

@@ -86,6 +86,17 @@ async fn handle(State(http): State<Http>, uri: Uri, headers: HeaderMap) -> Respo
     let is_ui = path.starts_with("/ui");
     let answer = match http.scheduler.auth.authenticate(presented) {
         // A browser asks its user for a name and token (Basic), and sends them from then on.
+        Err(e) if !is_ui => {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [
+                    (header::WWW_AUTHENTICATE, "Bearer"),
+                    (header::CONTENT_TYPE, JSON),
+                ],
+                serde_json::to_vec(&json!({ "error": e.to_string() })).unwrap_or_default(),
+            )
+                .into_response();
+        }
         Err(e) => {
             return (
                 StatusCode::UNAUTHORIZED,
@@ -126,11 +137,18 @@ async fn handle(State(http): State<Http>, uri: Uri, headers: HeaderMap) -> Respo
                         }
                         answer
                     }
-                    Err(status) => Answer::error(
-                        is_ui,
-                        503,
-                        &format!("the leader did not answer: {}", status.message()),
-                    ),
+                    Err(status) => {
+                        let code = match status.code() {
+                            tonic::Code::Unauthenticated => 401,
+                            tonic::Code::PermissionDenied => 403,
+                            _ => 503,
+                        };
+                        let message = match code {
+                            503 => format!("the leader did not answer: {}", status.message()),
+                            _ => status.message().to_string(),
+                        };
+                        Answer::error(is_ui, code, &message)
+                    }
                 }
             }
             Err(status) => Answer::error(is_ui, 503, status.message()),

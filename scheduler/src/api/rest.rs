@@ -2,7 +2,7 @@
 //! what the driver and the job listings hold. The web UI renders the same values.
 
 use ember_core::JobId;
-use ember_core::job::{ExecutorInfo, ScriptStatus};
+use ember_core::job::{ExecutorInfo, JobState, ScriptStatus};
 use ember_core::task_metrics::{JobResources, OperatorMetrics, StageMetrics};
 use serde_json::{Value, json};
 
@@ -188,9 +188,14 @@ pub fn job_stages(job: &Job) -> Value {
                     })
                 })
                 .collect();
-            // Stages a failed or cancelled job left unfinished ended with it.
-            let state = match (job.state.is_terminal(), s.state) {
-                (true, StageState::Waiting | StageState::Running) => job.state.name(),
+            // Stages a failed or cancelled job left unfinished ended with it (after a failover
+            // a finished job's stages are all restored as completed: their tasks tell).
+            let all_done = s.tasks.iter().all(|t| matches!(t, TaskState::Done { .. }));
+            let state = match (job.state, s.state) {
+                (JobState::Failed | JobState::Cancelled, StageState::Waiting | StageState::Running) => {
+                    job.state.name()
+                }
+                (JobState::Failed | JobState::Cancelled, _) if !all_done => job.state.name(),
                 _ => s.state.name(),
             };
             json!({

@@ -292,7 +292,8 @@ pub fn job_page(job: &Value) -> String {
     let running = &job["running_job"];
     match running["stages"].as_array() {
         Some(stages) => {
-            let jid = esc(s(running, "job_id"));
+            // Links name the job as listed (a batch job's id shows its running statement).
+            let jid = esc(s(job, "id"));
             let _ = write!(body, "<h2>Stages</h2>{}", stage_graph(&jid, stages));
             body.push_str(
                 "<div class=\"scroll\"><table id=\"stages\"><thead><tr><th>Stage</th><th>State</th>\
@@ -387,7 +388,7 @@ fn distribution(tasks: &[Value]) -> String {
 
 pub fn stage_page(job: &Value, stage: &str) -> Option<String> {
     let st = find_stage(job, stage)?;
-    let jid = esc(s(&job["running_job"], "job_id"));
+    let jid = esc(s(job, "id"));
     let sid = n(st, "id");
     let tasks = st["tasks"].as_array().cloned().unwrap_or_default();
     let mut body = format!(

@@ -40,6 +40,20 @@ pub fn report(job: &Job) -> Result<Bytes> {
 /// Every stage of the job, in order, with its metrics.
 pub fn render(job: &Job) -> String {
     let mut out = String::new();
+    let measured: u32 = job
+        .stages
+        .keys()
+        .map(|id| job.stage_metrics(*id).tasks)
+        .sum();
+    if measured < job.tasks_total() {
+        // Tasks restored from records after a failover carry no measurements.
+        let _ = writeln!(
+            out,
+            "Measured {measured} of {} tasks: the others ran under an earlier leader; \
+             sums below cover the measured tasks only.",
+            job.tasks_total()
+        );
+    }
     for (id, stage) in &job.stages {
         let metrics = job.stage_metrics(*id);
         let (rows, bytes) = stage
@@ -73,7 +87,7 @@ pub fn render(job: &Job) -> String {
 /// Wall time, task times and skew, compute time and peak memory of one stage.
 fn stage_summary(m: &StageMetrics, wall_ms: Option<u64>) -> String {
     if m.tasks == 0 {
-        return "no task metrics (its tasks ran before a failover)".to_string();
+        return "no task metrics (its tasks ran under an earlier leader)".to_string();
     }
     let ms = |v: u64| format_nanos(v * 1_000_000);
     let median = m.task_ms_at(0.5);

@@ -15,6 +15,8 @@ pub struct TaskInfo {
     /// The running (or last) attempt and when it was launched (Unix ms).
     pub attempt: Option<u32>,
     pub launched_ms: Option<u64>,
+    /// When its first attempt was launched: where its stage's wall time starts.
+    pub first_launched_ms: Option<u64>,
     /// When its last attempt's report arrived.
     pub finished_ms: Option<u64>,
     /// What its successful attempt measured.
@@ -27,6 +29,7 @@ impl TaskInfo {
     pub(super) fn launched(&mut self, attempt: u32, now_ms: u64) {
         self.attempt = Some(attempt);
         self.launched_ms = Some(now_ms);
+        self.first_launched_ms.get_or_insert(now_ms);
         self.finished_ms = None;
     }
 
@@ -70,7 +73,7 @@ impl Job {
                 Some(StageSpan {
                     stage: *id,
                     tasks: s.tasks.len() as u32,
-                    start_unix_ms: s.info.iter().filter_map(|i| i.launched_ms).min()?,
+                    start_unix_ms: s.info.iter().filter_map(|i| i.first_launched_ms).min()?,
                     end_unix_ms: s.info.iter().filter_map(|i| i.finished_ms).max()?,
                 })
             })
@@ -80,7 +83,7 @@ impl Job {
     /// From the stage's first launch to its last report; `None` where no task of it ran here.
     pub fn stage_wall_ms(&self, stage: StageId) -> Option<u64> {
         let s = self.stages.get(&stage)?;
-        let start = s.info.iter().filter_map(|i| i.launched_ms).min()?;
+        let start = s.info.iter().filter_map(|i| i.first_launched_ms).min()?;
         let end = s.info.iter().filter_map(|i| i.finished_ms).max()?;
         Some(end.saturating_sub(start))
     }

@@ -131,7 +131,8 @@ impl Scheduler {
         };
         let Some(plan) = plan else {
             // DDL, run and recorded.
-            self.finish_inline(job_id.clone(), &Schema::empty(), &[], start, label)?;
+            // (not kept in the history: a DDL statement may carry a table's options)
+            self.finish_inline(job_id.clone(), &Schema::empty(), &[], start, label, false)?;
             return Ok(job_id);
         };
         let df = ctx.execute_logical_plan(plan).await?;
@@ -146,7 +147,7 @@ impl Scheduler {
             let graph = plan_stages(job_id.as_str(), Arc::clone(&inner))?;
             let batch = explain_batch(&explain.plan, &inner, &graph)?;
             let schema = batch.schema();
-            self.finish_inline(job_id.clone(), &schema, &[batch], start, label)?;
+            self.finish_inline(job_id.clone(), &schema, &[batch], start, label, true)?;
             return Ok(job_id);
         }
         // EXPLAIN ANALYZE runs its query as a job that answers with what it measured.
@@ -163,7 +164,7 @@ impl Scheduler {
             let batches = collect(Arc::clone(&physical), ctx.task_ctx()).await?;
             self.add_rows_scanned(file_rows_scanned(&physical));
             let schema = physical.schema();
-            self.finish_inline(job_id.clone(), &schema, &batches, start, label)?;
+            self.finish_inline(job_id.clone(), &schema, &batches, start, label, true)?;
             return Ok(job_id);
         }
         let mut graph = plan_stages(job_id.as_str(), physical)?;
@@ -357,10 +358,11 @@ impl Scheduler {
         batches: &[RecordBatch],
         start: Instant,
         label: JobLabel,
+        history: bool,
     ) -> Result<()> {
-        // An ad-hoc statement is kept in the history like a distributed query (a batch job's
+        // An ad-hoc query is kept in the history like a distributed one (a batch job's
         // statements are kept as their batch job).
-        let adhoc = label.script.is_none();
+        let adhoc = history && label.script.is_none();
         let result = InlineResult {
             schema: schema_to_bytes(schema),
             result: batches_to_ipc_stream(schema, batches)?,
