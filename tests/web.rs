@@ -489,6 +489,11 @@ async fn the_rest_api_answers_as_its_openapi_schema_says() {
         ),
         (Some("leader"), Some(2))
     );
+    let members = cluster_view["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{cluster_view}");
+    assert!(members.iter().all(
+        |m| m["role"] == "executor" && m["address"].as_str().unwrap().starts_with("127.0.0.1:")
+    ));
     let (_, job) = get_json(port, &format!("/api/v1/jobs/{id}"));
     assert_eq!(job["state"], "succeeded");
     let stages = job["running_job"]["stages"].as_array().unwrap();

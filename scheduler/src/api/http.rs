@@ -235,10 +235,16 @@ fn cluster(scheduler: &Scheduler) -> Value {
             running,
         )
     });
+    let members: Vec<Value> = scheduler
+        .executors()
+        .iter()
+        .map(|e| json!({ "role": "executor", "id": e.spec.id.to_string(), "address": e.spec.address }))
+        .collect();
     json!({
         "version": env!("CARGO_PKG_VERSION"),
         "role": role,
         "leader": leader,
+        "members": members,
         "executors": executors,
         "total_slots": total,
         "free_slots": free,
