@@ -133,26 +133,12 @@ fn stage_metrics(m: &StageMetrics) -> Value {
 
 /// A job's stages and tasks, with what they measured, as the driver holds them.
 pub fn job_stages(job: &Job) -> Value {
-    // What each stage's finished tasks wrote: what the stages reading it fetch.
-    let written = |stage: &u32| -> u64 {
-        job.stages.get(stage).map_or(0, |s| {
-            s.tasks
-                .iter()
-                .filter_map(|t| match t {
-                    TaskState::Done { stats, .. } => {
-                        Some(stats.iter().map(|p| p.bytes).sum::<u64>())
-                    }
-                    _ => None,
-                })
-                .sum()
-        })
-    };
     let stages: Vec<Value> = job
         .stages
         .iter()
         .map(|(id, s)| {
             let metrics = job.stage_metrics(*id);
-            let (mut rows, mut bytes) = (0, 0);
+            let (rows, bytes) = job.stage_written(*id);
             let tasks: Vec<Value> = s
                 .tasks
                 .iter()
@@ -162,13 +148,7 @@ pub fn job_stages(job: &Job) -> Value {
                     let (state, executor) = match task {
                         TaskState::Pending => ("pending", None),
                         TaskState::Running { executor, .. } => ("running", Some(executor)),
-                        TaskState::Done {
-                            executor, stats, ..
-                        } => {
-                            rows += stats.iter().map(|s| s.rows).sum::<u64>();
-                            bytes += stats.iter().map(|s| s.bytes).sum::<u64>();
-                            ("succeeded", Some(executor))
-                        }
+                        TaskState::Done { executor, .. } => ("succeeded", Some(executor)),
                     };
                     let m = info.metrics.as_ref().filter(|_| state == "succeeded");
                     json!({
@@ -208,7 +188,7 @@ pub fn job_stages(job: &Job) -> Value {
                 "launches": s.launches.iter().sum::<u32>(),
                 "output_rows": rows,
                 "output_bytes": bytes,
-                "shuffle_read_bytes": s.inputs.iter().map(written).sum::<u64>(),
+                "shuffle_read_bytes": s.inputs.iter().map(|i| job.stage_written(*i).1).sum::<u64>(),
                 "metrics": stage_metrics(&metrics),
                 "operators": operators(&metrics.operators),
                 "plan": datafusion::physical_plan::displayable(s.plan.as_ref()).indent(false).to_string(),

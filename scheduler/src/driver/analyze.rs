@@ -14,7 +14,7 @@ use ember_core::Result;
 use ember_core::shuffle::batches_to_ipc_stream;
 use ember_core::task_metrics::{OperatorMetrics, StageMetrics, format_bytes, format_nanos};
 
-use super::{Job, TaskState};
+use super::Job;
 
 /// The columns of `EXPLAIN ANALYZE`'s answer, as DataFusion's.
 pub fn schema() -> SchemaRef {
@@ -56,15 +56,7 @@ pub fn render(job: &Job) -> String {
     }
     for (id, stage) in &job.stages {
         let metrics = job.stage_metrics(*id);
-        let (rows, bytes) = stage
-            .tasks
-            .iter()
-            .filter_map(|t| match t {
-                TaskState::Done { stats, .. } => Some(stats),
-                _ => None,
-            })
-            .flatten()
-            .fold((0, 0), |(r, b), s| (r + s.rows, b + s.bytes));
+        let (rows, bytes) = job.stage_written(*id);
         let _ = writeln!(
             out,
             "Stage {id} (tasks={}, inputs={:?}){}: {}, output={rows} rows, {}",

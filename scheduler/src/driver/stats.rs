@@ -65,16 +65,31 @@ impl Job {
         out
     }
 
+    /// Rows and bytes the stage's finished tasks wrote (what the stages reading it fetch).
+    pub fn stage_written(&self, stage: StageId) -> (u64, u64) {
+        self.stages
+            .get(&stage)
+            .into_iter()
+            .flat_map(|s| &s.tasks)
+            .filter_map(|t| match t {
+                TaskState::Done { stats, .. } => Some(stats),
+                _ => None,
+            })
+            .flatten()
+            .fold((0, 0), |(r, b), s| (r + s.rows, b + s.bytes))
+    }
+
     /// Per stage that ran here: from its first task's launch to its last task's report.
     pub fn stage_spans(&self) -> Vec<StageSpan> {
         self.stages
             .iter()
             .filter_map(|(id, s)| {
+                let (start_unix_ms, end_unix_ms) = self.stage_times(*id)?;
                 Some(StageSpan {
                     stage: *id,
                     tasks: s.tasks.len() as u32,
-                    start_unix_ms: s.info.iter().filter_map(|i| i.first_launched_ms).min()?,
-                    end_unix_ms: s.info.iter().filter_map(|i| i.finished_ms).max()?,
+                    start_unix_ms,
+                    end_unix_ms,
                 })
             })
             .collect()
@@ -82,10 +97,16 @@ impl Job {
 
     /// From the stage's first launch to its last report; `None` where no task of it ran here.
     pub fn stage_wall_ms(&self, stage: StageId) -> Option<u64> {
+        self.stage_times(stage)
+            .map(|(start, end)| end.saturating_sub(start))
+    }
+
+    /// The stage's first launch and last report (Unix ms).
+    fn stage_times(&self, stage: StageId) -> Option<(u64, u64)> {
         let s = self.stages.get(&stage)?;
         let start = s.info.iter().filter_map(|i| i.first_launched_ms).min()?;
         let end = s.info.iter().filter_map(|i| i.finished_ms).max()?;
-        Some(end.saturating_sub(start))
+        Some((start, end))
     }
 
     /// What the whole job used, as of `now_ms`.
