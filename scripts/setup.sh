@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building Ember needs beyond the Rust toolchain: protoc (for the gRPC code), and
 # with `--test`, what the tests need: a real etcd (Debian's etcd-server) for the cluster tests,
-# and Python 3 with the ADBC Flight SQL driver and pyarrow (from PyPI) for the client tests, and
+# and Python 3 with the ADBC Flight SQL driver, pyarrow, and PySpark's thin Spark Connect client
+# with pytest (from PyPI) for the client tests, and
 # moto's S3 server (PyPI) for the object-store tests, kubectl (its kustomize) and
 # kubernetes-validate (PyPI) for the Kubernetes manifests, and Chromium with its WebDriver for the
 # web UI test.
@@ -32,9 +33,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
-if [ "${1:-}" = "--test" ] && ! { python3 -c 'import adbc_driver_flightsql, pyarrow, boto3, yaml' 2>/dev/null && command -v moto_server >/dev/null && command -v kubernetes-validate >/dev/null; }; then
-  echo "installing: adbc-driver-flightsql pyarrow moto[server] kubernetes-validate (PyPI)" >&2
-  pip=(python3 -m pip install -q --disable-pip-version-check adbc-driver-flightsql pyarrow 'moto[server]' kubernetes-validate pyyaml)
+if [ "${1:-}" = "--test" ] && ! { python3 -c 'import adbc_driver_flightsql, pyarrow, boto3, yaml, pytest, pyspark.sql.connect.proto' 2>/dev/null && python3 -c 'import pyspark; assert pyspark.__version__ == "4.2.0"' 2>/dev/null && command -v moto_server >/dev/null && command -v kubernetes-validate >/dev/null; }; then
+  echo "installing: adbc-driver-flightsql pyarrow moto[server] kubernetes-validate pyspark-client pytest (PyPI)" >&2
+  pip=(python3 -m pip install -q --disable-pip-version-check adbc-driver-flightsql pyarrow 'moto[server]' kubernetes-validate pyyaml 'pyspark-client==4.2.0' pytest)
   # A Debian-managed Python refuses plain installs; the test machine is ours to change.
   "${pip[@]}" 2>/dev/null || "${pip[@]}" --break-system-packages
 fi

@@ -97,6 +97,8 @@ pub struct Member {
     pub port: u16,
     /// Its HTTP port (health, metrics; a scheduler's REST API and web UI).
     pub http_port: u16,
+    /// A scheduler's Spark Connect port.
+    pub spark_connect_port: Option<u16>,
     pub id: String,
     log: PathBuf,
     child: Option<ChildGuard>,
@@ -230,6 +232,8 @@ impl EtcdCluster {
     fn spawn(&self, name: &str, args: &[&str]) -> Member {
         let port_file = self.dir.path().join(format!("{name}.port"));
         let http_port_file = self.dir.path().join(format!("{name}.http-port"));
+        let spark_port_file = self.dir.path().join(format!("{name}.spark-connect-port"));
+        let scheduler = args[0] == "scheduler";
         let log = std::fs::File::create(self.log_path(name)).unwrap();
         let mut guard = spawn_guarded(
             Command::new(ember_bin())
@@ -245,7 +249,12 @@ impl EtcdCluster {
                         self.dir.path().display().to_string(),
                     ]
                 } else {
-                    vec![]
+                    vec![
+                        "--spark-connect-bind".to_string(),
+                        "127.0.0.1:0".to_string(),
+                        "--spark-connect-port-file".to_string(),
+                        spark_port_file.display().to_string(),
+                    ]
                 })
                 .env("EMBER_LOG", "info")
                 .env(
@@ -259,9 +268,11 @@ impl EtcdCluster {
         );
         let port = wait_for_port(&port_file, &mut guard.0);
         let http_port = wait_for_port(&http_port_file, &mut guard.0);
+        let spark_connect_port = scheduler.then(|| wait_for_port(&spark_port_file, &mut guard.0));
         Member {
             port,
             http_port,
+            spark_connect_port,
             id: name.to_string(),
             log: self.log_path(name),
             child: Some(guard),

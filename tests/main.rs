@@ -23,6 +23,7 @@ mod plan_snapshots;
 mod planner_traps;
 mod secure;
 mod slt;
+mod spark_connect;
 mod tls;
 mod tpch;
 mod traces;

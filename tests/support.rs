@@ -212,6 +212,8 @@ pub struct ProcessCluster {
     pub token: Option<String>,
     /// The scheduler's HTTP port (health, metrics, REST API, web UI).
     pub http_port: u16,
+    /// The scheduler's Spark Connect port.
+    pub spark_connect_port: u16,
     _dir: tempfile::TempDir,
     // Executors first: they are killed before the scheduler.
     _executors: Vec<ChildGuard>,
@@ -256,12 +258,16 @@ impl ProcessCluster {
         let dir = tempfile::tempdir().unwrap();
         let port_file = dir.path().join("scheduler.port");
         let http_port_file = dir.path().join("scheduler.http-port");
+        let spark_port_file = dir.path().join("scheduler.spark-connect-port");
         let mut scheduler = spawn_guarded(
             Command::new(ember_bin())
                 .args(["scheduler", "--bind", "127.0.0.1:0", "--port-file"])
                 .arg(&port_file)
                 .arg("--http-port-file")
                 .arg(&http_port_file)
+                .args(["--spark-connect-bind", "127.0.0.1:0"])
+                .arg("--spark-connect-port-file")
+                .arg(&spark_port_file)
                 .env("EMBER_ALLOWED_LOCATIONS", allowed_locations())
                 .env("EMBER_ALLOW_ANONYMOUS", "true")
                 .envs(env.iter().copied())
@@ -270,6 +276,7 @@ impl ProcessCluster {
         );
         let port = wait_for_port(&port_file, &mut scheduler.0);
         let http_port = wait_for_port(&http_port_file, &mut scheduler.0);
+        let spark_connect_port = wait_for_port(&spark_port_file, &mut scheduler.0);
         let scheduler_url = format!("http://127.0.0.1:{port}");
         let mut guards = Vec::new();
         for i in 0..executors {
@@ -308,6 +315,7 @@ impl ProcessCluster {
             scheduler_url,
             token,
             http_port,
+            spark_connect_port,
             _dir: dir,
             _executors: guards,
             _scheduler: scheduler,

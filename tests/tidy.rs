@@ -117,6 +117,32 @@ fn wire_types_stay_in_proto_and_transport_modules() {
     assert!(checked > 50, "only {checked} files were read");
 }
 
+#[test]
+fn spark_connect_messages_stay_in_its_front_end() {
+    let allowed = [
+        "scheduler/src/api/spark_connect/",
+        "scheduler/src/spark/",
+        "scheduler/src/server.rs",
+    ];
+    let mut users = 0;
+    for dir in ["core", "scheduler", "executor", "client", "src"] {
+        for (path, text) in sources(dir) {
+            if !code(&text).contains("ember_proto::spark") {
+                continue;
+            }
+            assert!(
+                allowed.iter().any(|a| path.starts_with(a)),
+                "{path} names Spark Connect's messages: only its service and translator may"
+            );
+            users += 1;
+        }
+    }
+    assert!(
+        users >= 3,
+        "only {users} files use Spark Connect's messages"
+    );
+}
+
 /// The scheduler crate's top-level modules each file belongs to, and the ones it names.
 fn scheduler_module_graph() -> BTreeMap<String, BTreeSet<String>> {
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();

@@ -27,6 +27,19 @@ pub struct SchedulerConfig {
     #[arg(long, env = "EMBER_SCHEDULER_HTTP_PORT_FILE")]
     pub http_port_file: Option<PathBuf>,
 
+    /// Address of the Spark Connect endpoint (PySpark's `sc://host:port`); `off` disables it,
+    /// port 0 picks a free one. Standbys serve it too, forwarding to the leader.
+    #[arg(
+        long,
+        env = "EMBER_SPARK_CONNECT_BIND",
+        default_value = DEFAULT_SPARK_CONNECT_BIND
+    )]
+    pub spark_connect_bind: String,
+
+    /// Write the Spark Connect endpoint's port to this file once it listens.
+    #[arg(long, env = "EMBER_SPARK_CONNECT_PORT_FILE")]
+    pub spark_connect_port_file: Option<PathBuf>,
+
     /// Address that executors and clients dial, when it differs from --bind (0.0.0.0, port 0).
     #[arg(long, env = "EMBER_SCHEDULER_ADVERTISE_ADDR")]
     pub advertise_addr: Option<String>,
@@ -126,6 +139,7 @@ impl Default for SchedulerConfig {
     fn default() -> Self {
         let mut config: SchedulerConfig = ember_core::options::built_in_defaults();
         config.http_bind = "off".into();
+        config.spark_connect_bind = "off".into();
         // In the user's own process, SQL reaches what the user can.
         config.confinement.allowed_locations = crate::confine::AllowedLocations::Anywhere;
         // And its callers are the user's own code.
@@ -133,6 +147,9 @@ impl Default for SchedulerConfig {
         config
     }
 }
+
+/// Spark Connect's usual port, where PySpark looks by default.
+pub const DEFAULT_SPARK_CONNECT_BIND: &str = "127.0.0.1:15002";
 
 /// The scheduler's HTTP endpoint, unless told otherwise.
 pub const DEFAULT_HTTP_BIND: &str = "127.0.0.1:9090";

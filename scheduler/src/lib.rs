@@ -3,7 +3,8 @@
 //!
 //! Layers, each importing only those below it: `api` (transports) → `runtime` (I/O: store,
 //! RPCs, leadership) → `driver` (pure decisions); `planner`, `catalog` and `writes` are the
-//! DataFusion-facing pieces the runtime uses; `config` holds the options.
+//! DataFusion-facing pieces the runtime uses; `spark` translates Spark Connect plans for the
+//! transport that serves them; `config` holds the options.
 
 pub mod api;
 pub mod catalog;
@@ -14,6 +15,7 @@ pub mod limits;
 pub mod planner;
 pub mod runtime;
 pub mod server;
+pub mod spark;
 pub mod writes;
 
 pub use config::SchedulerConfig;

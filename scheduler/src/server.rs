@@ -15,9 +15,11 @@ use tonic::service::interceptor::InterceptedService;
 
 use crate::api::flight_sql::FlightSqlFront;
 use crate::api::grpc::SchedulerGrpc;
+use crate::api::spark_connect::SparkConnect;
 use crate::config::SchedulerConfig;
 use crate::runtime::{Role, Scheduler};
 use arrow_flight::flight_service_server::FlightServiceServer;
+use ember_proto::spark::spark_connect_service_server::SparkConnectServiceServer;
 
 /// A running scheduler; dropping it does not stop it, `shutdown` does.
 pub struct SchedulerHandle {
@@ -26,6 +28,8 @@ pub struct SchedulerHandle {
     pub local_addr: SocketAddr,
     /// The HTTP endpoint (/healthz, /readyz, /metrics), unless disabled.
     pub http: Option<ember_ops::OpsServer>,
+    /// The Spark Connect endpoint's address, unless disabled.
+    pub spark_connect_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     server: JoinHandle<std::result::Result<(), tonic::transport::Error>>,
 }
@@ -69,6 +73,7 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
     config.cluster.tls.install()?;
     let server_tls = config.cluster.tls.server(ember_core::tls::Alpn::Http2)?;
     let http_tls = config.cluster.tls.server(ember_core::tls::Alpn::Http1)?;
+    let spark_tls = config.cluster.tls.server(ember_core::tls::Alpn::Http2)?;
     let listener = TcpListener::bind(&config.bind)
         .await
         .map_err(|e| EmberError::User(format!("cannot listen on {}: {e}", config.bind)))?;
@@ -129,8 +134,64 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
         ),
         idle,
     );
+    // Spark Connect, also on this port: standbys forward their clients' calls here.
+    let spark = |scheduler: &Arc<Scheduler>| {
+        IdleTimeout::new(
+            InterceptedService::new(
+                SparkConnectServiceServer::new(SparkConnect::new(Arc::clone(scheduler)))
+                    .max_decoding_message_size(max_request)
+                    .max_encoding_message_size(ember_core::MAX_GRPC_MESSAGE_BYTES),
+                crate::api::auth::interceptor(Arc::clone(&auth)),
+            ),
+            idle,
+        )
+    };
     let shutdown = CancellationToken::new();
     let token = shutdown.clone();
+    let spark_connect_addr = match config_bind(&scheduler.config.spark_connect_bind) {
+        Some(bind) => {
+            let listener = match TcpListener::bind(&bind).await {
+                Ok(listener) => listener,
+                // Another scheduler on this host has the usual port: take a free one.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && bind == crate::config::DEFAULT_SPARK_CONNECT_BIND =>
+                {
+                    let listener = TcpListener::bind("127.0.0.1:0").await?;
+                    tracing::warn!(
+                        port = listener.local_addr()?.port(),
+                        "Spark Connect's usual port {bind} is taken; listening on a free one"
+                    );
+                    listener
+                }
+                Err(e) => {
+                    return Err(EmberError::User(format!(
+                        "cannot listen for Spark Connect on {bind}: {e} (--spark-connect-bind \
+                         picks another address, `off` disables it)"
+                    )));
+                }
+            };
+            let addr = listener.local_addr()?;
+            if let Some(path) = &scheduler.config.spark_connect_port_file {
+                std::fs::write(path, addr.port().to_string())?;
+            }
+            let router = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .tcp_keepalive(Some(Duration::from_secs(60)))
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+                .add_service(spark(&scheduler));
+            tokio::spawn(ember_core::tls::serve(
+                router,
+                listener,
+                spark_tls,
+                token.clone().cancelled_owned(),
+            ));
+            tracing::info!(%addr, "Spark Connect listening");
+            Some(addr)
+        }
+        None => None,
+    };
     let router = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         // A client that vanished without closing its connection is noticed and dropped.
@@ -138,7 +199,8 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(service)
-        .add_service(flight);
+        .add_service(flight)
+        .add_service(spark(&scheduler));
     let server = tokio::spawn(ember_core::tls::serve(
         router,
         listener,
@@ -168,13 +230,19 @@ pub async fn start(config: SchedulerConfig) -> Result<SchedulerHandle> {
         scheduler,
         local_addr,
         http,
+        spark_connect_addr,
         shutdown,
         server,
     })
 }
 
 fn config_http(scheduler: &Scheduler) -> Option<String> {
-    let bind = scheduler.config.http_bind.trim();
+    config_bind(&scheduler.config.http_bind)
+}
+
+/// An address to listen on, or `None` for `off` (or nothing).
+fn config_bind(bind: &str) -> Option<String> {
+    let bind = bind.trim();
     (!bind.is_empty() && bind != "off").then(|| bind.to_string())
 }
 

@@ -6,4 +6,5 @@ pub mod flight_sql;
 pub mod grpc;
 pub mod http;
 pub mod rest;
+pub mod spark_connect;
 pub mod ui;

@@ -36,6 +36,12 @@ pub enum Query {
     },
     /// A DataFusion logical plan encoded with datafusion-proto.
     LogicalPlan(Bytes),
+    /// A logical plan a front end built on this scheduler (Spark Connect), with what it runs
+    /// for listings.
+    Plan {
+        plan: Arc<LogicalPlan>,
+        description: String,
+    },
 }
 
 impl Query {
@@ -44,6 +50,7 @@ impl Query {
         match self {
             Query::Sql(sql) | Query::Prepared { sql, .. } => sql.clone(),
             Query::LogicalPlan(_) => "(a DataFrame plan)".to_string(),
+            Query::Plan { description, .. } => description.clone(),
         }
     }
 }
@@ -119,15 +126,9 @@ impl Scheduler {
                         .map_err(|e| {
                             EmberError::User(format!("cannot decode logical plan: {e}"))
                         })?;
-                crate::limits::check_logical_plan(&plan, &self.config.limits)?;
-                self.allowed().check_plan(&plan)?;
-                if let LogicalPlan::Ddl(_) = &plan {
-                    return Err(EmberError::User(
-                        "send DDL statements as SQL, so that the catalog can keep them".into(),
-                    ));
-                }
-                Some(plan)
+                Some(self.check_built_plan(plan)?)
             }
+            Query::Plan { plan, .. } => Some(self.check_built_plan(Arc::unwrap_or_clone(plan))?),
         };
         let Some(plan) = plan else {
             // DDL, run and recorded.
@@ -244,6 +245,34 @@ impl Scheduler {
             return Err(not_leader());
         }
         Ok(fence)
+    }
+
+    /// A plan built by a client (or a front end) passes the same limits and confinement as
+    /// SQL; DDL must come as SQL, so that the catalog can keep it.
+    fn check_built_plan(&self, plan: LogicalPlan) -> Result<LogicalPlan> {
+        crate::limits::check_logical_plan(&plan, &self.config.limits)?;
+        self.allowed().check_plan(&plan)?;
+        if let LogicalPlan::Ddl(_) = &plan {
+            return Err(EmberError::User(
+                "send DDL statements as SQL, so that the catalog can keep them".into(),
+            ));
+        }
+        Ok(plan)
+    }
+
+    /// Runs a front end's planning work (translating a client's plan) on the planning
+    /// threads, where deep plans have stack to spare and a panic fails only that request.
+    pub async fn planning<T, F>(&self, planning: F) -> Result<T>
+    where
+        F: std::future::Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        super::isolate::planned(planning).await
+    }
+
+    /// The catalog every session plans in.
+    pub fn catalog_context(&self) -> &SessionContext {
+        &self.ctx
     }
 
     /// Plans a SQL statement, binding `params` when given. DDL is run here (and kept in the

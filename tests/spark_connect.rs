@@ -1,0 +1,117 @@
+//! Spark Connect: the real PySpark client (`pyspark-client`, no JVM) against a cluster of
+//! `ember` processes — the 22 TPC-H queries through `spark.sql`, eleven of them written with
+//! the DataFrame API, DataFrame operations with expected results, sessions that do not see
+//! each other's views, an interrupted job and a write read back — and a standby that forwards.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::ipc::writer::FileWriter;
+
+use crate::etcd_support::EtcdCluster;
+use crate::support::{
+    ProcessCluster, TestCluster, datafusion_reference, register_tpch, spawn_guarded, tpch_dir,
+};
+
+fn write_ipc(path: &Path, batches: &[RecordBatch]) {
+    let file = std::fs::File::create(path).unwrap();
+    let schema = batches[0].schema();
+    let mut writer = FileWriter::try_new(file, &schema).unwrap();
+    for batch in batches {
+        writer.write(batch).unwrap();
+    }
+    writer.finish().unwrap();
+}
+
+/// Runs `python3 args...` with `env`, within `timeout`; its exit status and output.
+async fn python(
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    timeout: Duration,
+) -> (bool, String) {
+    let mut child = spawn_guarded(
+        Command::new("python3")
+            .args(&args)
+            .envs(env)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let output = tokio::task::spawn_blocking(move || {
+        let stdout = std::io::read_to_string(child.0.stdout.take().unwrap()).unwrap();
+        let stderr = std::io::read_to_string(child.0.stderr.take().unwrap()).unwrap();
+        let status = child.0.wait().unwrap();
+        (
+            status.success(),
+            format!("stdout:\n{stdout}\nstderr:\n{stderr}"),
+        )
+    });
+    tokio::time::timeout(timeout, output)
+        .await
+        .expect("the Python client did not finish in time")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pyspark_runs_unchanged_on_ember() {
+    let cluster = ProcessCluster::start(2, 2).await;
+    register_tpch(&cluster.client().await).await;
+    // What single-node DataFusion answers, for the suite to compare with.
+    let expected = tempfile::tempdir().unwrap();
+    let reference = datafusion_reference().await;
+    for q in 1..=22 {
+        let sql = ember::tpch::query(q).unwrap();
+        let batches = reference.sql(sql).await.unwrap().collect().await.unwrap();
+        write_ipc(&expected.path().join(format!("q{q}.arrow")), &batches);
+    }
+    let scratch = tempfile::tempdir().unwrap();
+    let suite = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/spark_connect_test.py"
+    );
+    let env = vec![
+        (
+            "EMBER_SPARK_URL".to_string(),
+            format!("sc://127.0.0.1:{}", cluster.spark_connect_port),
+        ),
+        (
+            "EMBER_EXPECTED".into(),
+            expected.path().display().to_string(),
+        ),
+        (
+            "EMBER_QUERIES".into(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tpch").to_string(),
+        ),
+        ("EMBER_TPCH_DATA".into(), tpch_dir().display().to_string()),
+        ("EMBER_SCRATCH".into(), scratch.path().display().to_string()),
+        // The suite's own progress, and no stray warnings of the client's about pandas.
+        ("PYTHONWARNINGS".into(), "ignore".into()),
+    ];
+    let args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf", suite]
+        .map(String::from)
+        .to_vec();
+    let (ok, output) = python(args, env, Duration::from_secs(900)).await;
+    assert!(ok, "the PySpark suite failed\n{output}");
+    // Every test ran and passed: 22 + 11 TPC-H queries and the operations.
+    assert!(output.contains(" passed"), "{output}");
+    assert!(!output.contains("skipped"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_forwards_spark_connect_to_the_leader() {
+    let cluster = EtcdCluster::start(2, 1, 2).await;
+    let leader = cluster.leader().await;
+    let port = cluster.schedulers[1 - leader]
+        .spark_connect_port
+        .expect("schedulers serve Spark Connect");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/spark_connect_standby.py"
+    );
+    let args = vec![script.to_string(), format!("sc://127.0.0.1:{port}")];
+    let env = vec![("PYTHONWARNINGS".to_string(), "ignore".to_string())];
+    let (ok, output) = python(args, env, Duration::from_secs(120)).await;
+    assert!(ok, "{output}");
+    assert!(output.contains("rows 3"), "{output}");
+}
