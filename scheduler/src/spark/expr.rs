@@ -52,6 +52,9 @@ impl Planner {
         match kind {
             ExprType::Literal(l) => Ok(lit(types::scalar(l)?)),
             ExprType::UnresolvedAttribute(a) => {
+                if a.is_metadata_column == Some(true) {
+                    return Err(unsupported("metadata column", &a.unparsed_identifier));
+                }
                 self.column(&a.unparsed_identifier, a.plan_id, schema)
             }
             ExprType::UnresolvedFunction(f) => {

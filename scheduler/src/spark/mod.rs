@@ -9,9 +9,11 @@
 
 mod expr;
 mod functions;
+mod joins;
 mod names;
 mod plan;
 pub mod show;
+mod sources;
 pub mod types;
 mod write;
 
@@ -35,6 +37,29 @@ pub fn unsupported(kind: &str, name: &str) -> EmberError {
         "Spark Connect: the {kind} `{name}` is not supported by Ember (docs/spark-connect.md \
          lists what is)"
     ))
+}
+
+/// Refuses options Ember does not apply: ignoring one (`nullValue`, `multiLine`, ...) could
+/// change the answer.
+pub(crate) fn check_options<'a>(
+    what: &str,
+    given: impl IntoIterator<Item = &'a String>,
+    known: &[&str],
+) -> ember_core::Result<()> {
+    for key in given {
+        if !known.iter().any(|k| k.eq_ignore_ascii_case(key)) {
+            let known = if known.is_empty() {
+                "none".to_string()
+            } else {
+                known.join(", ")
+            };
+            return Err(EmberError::User(format!(
+                "Spark Connect: the {what} option `{key}` is not supported by Ember (supported: \
+                 {known})"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// One Spark session's temporary views (`createOrReplaceTempView`), by lower-case name.

@@ -3,27 +3,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Schema};
-use datafusion::catalog::TableProvider;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, DFSchema, DFSchemaRef, JoinType};
-use datafusion::datasource::MemTable;
-use datafusion::datasource::file_format::options::ReadOptions;
-use datafusion::datasource::listing::{
-    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
-};
-use datafusion::datasource::provider_as_source;
+use datafusion::common::{Column, DFSchema, DFSchemaRef};
 use datafusion::logical_expr::utils::{find_aggregate_exprs, find_window_exprs};
 use datafusion::logical_expr::{Expr, GroupingSet, LogicalPlan, LogicalPlanBuilder, cast, lit};
-use datafusion::prelude::{
-    CsvReadOptions, JsonReadOptions, ParquetReadOptions, SessionContext, coalesce,
-};
+use datafusion::prelude::{SessionContext, coalesce};
 use ember_core::{EmberError, Result};
 use ember_proto::spark::aggregate::GroupType;
-use ember_proto::spark::join::JoinType as SparkJoin;
-use ember_proto::spark::read::ReadType;
 use ember_proto::spark::relation::RelType;
-use ember_proto::spark::set_operation::SetOpType;
 use ember_proto::spark::{self as sc, Relation};
 use futures::future::BoxFuture;
 
@@ -102,7 +90,7 @@ impl Planner {
             RelType::Sql(sql) => self.sql(sql).await,
             RelType::LocalRelation(local) => {
                 let name = self.unique("local");
-                local_relation(local, &name)
+                super::sources::local_relation(local, &name)
             }
             RelType::Range(range) => self.range(range).await,
             RelType::Project(p) => {
@@ -239,170 +227,12 @@ impl Planner {
         }
     }
 
-    async fn input<R: std::borrow::Borrow<Relation>>(
+    pub(super) async fn input<R: std::borrow::Borrow<Relation>>(
         &mut self,
         input: &Option<R>,
         within: &str,
     ) -> Result<LogicalPlan> {
         self.relation(required(input, within)?).await
-    }
-
-    async fn read(&mut self, read: &sc::Read) -> Result<LogicalPlan> {
-        if read.is_streaming {
-            return Err(unsupported("relation", "streaming read"));
-        }
-        match &read.read_type {
-            Some(ReadType::NamedTable(t)) => {
-                let df = self
-                    .ctx
-                    .table(t.unparsed_identifier.as_str())
-                    .await
-                    .map_err(|e| {
-                        EmberError::User(format!(
-                            "[TABLE_OR_VIEW_NOT_FOUND] `{}`: {e}",
-                            t.unparsed_identifier
-                        ))
-                    })?;
-                Ok(df.into_unoptimized_plan())
-            }
-            Some(ReadType::DataSource(source)) => self.read_files(source).await,
-            None => Err(EmberError::User("a read of nothing".into())),
-        }
-    }
-
-    /// `spark.read.format(...).load(paths)`: Parquet, CSV or JSON lines, Hive-style
-    /// `key=value` folders as partition columns.
-    async fn read_files(&mut self, source: &sc::read::DataSource) -> Result<LogicalPlan> {
-        let format = source
-            .format
-            .as_deref()
-            .unwrap_or("parquet")
-            .to_ascii_lowercase();
-        if source.paths.is_empty() {
-            return Err(EmberError::User(format!("read.{format}() needs a path")));
-        }
-        if !source.predicates.is_empty() {
-            return Err(unsupported("read option", "predicates"));
-        }
-        let option = |key: &str| {
-            source
-                .options
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(key))
-                .map(|(_, v)| v.as_str())
-        };
-        let user_schema = match &source.schema {
-            Some(text) if !text.trim().is_empty() => Some(Arc::new(types::parse_schema(text)?)),
-            _ => None,
-        };
-        let state = self.ctx.state();
-        let config = self.ctx.copied_config();
-        let table_options = state.default_table_options();
-        let options: ListingOptions = match format.as_str() {
-            "parquet" => ParquetReadOptions::default().to_listing_options(&config, table_options),
-            "csv" => {
-                let header = option("header").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-                let delimiter = option("sep").or(option("delimiter")).unwrap_or(",");
-                let delimiter = match delimiter.as_bytes() {
-                    [b] => *b,
-                    _ => {
-                        return Err(EmberError::User(format!(
-                            "csv: the separator must be one byte, not {delimiter:?}"
-                        )));
-                    }
-                };
-                let mut csv = CsvReadOptions::new()
-                    .has_header(header)
-                    .delimiter(delimiter);
-                if let Some(ext) = option("file_extension") {
-                    csv = csv.file_extension(ext);
-                }
-                csv.to_listing_options(&config, table_options)
-            }
-            "json" => JsonReadOptions::default().to_listing_options(&config, table_options),
-            other => return Err(unsupported("data source format", other)),
-        };
-        let urls = source
-            .paths
-            .iter()
-            .map(|p| ListingTableUrl::parse(p).map_err(EmberError::from))
-            .collect::<Result<Vec<_>>>()?;
-        let mut table = ListingTableConfig::new_with_multi_paths(urls)
-            .with_listing_options(options)
-            .infer_partitions_from_path(&state)
-            .await?;
-        table = match &user_schema {
-            Some(schema) => table.with_schema(Arc::clone(schema)),
-            None => table.infer_schema(&state).await?,
-        };
-        let provider: Arc<dyn TableProvider> = Arc::new(ListingTable::try_new(table)?);
-        let plan =
-            LogicalPlanBuilder::scan("files", provider_as_source(provider), None)?.build()?;
-        // CSV as Spark reads it: `_c0, _c1, ...` without a header, strings unless asked to
-        // infer (or given a schema).
-        if format == "csv" && user_schema.is_none() {
-            let header = option("header").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-            let infer = option("inferSchema").is_some_and(|v| v.eq_ignore_ascii_case("true"));
-            let exprs: Vec<Expr> = plan
-                .schema()
-                .columns()
-                .into_iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    let name = if header {
-                        c.name.clone()
-                    } else {
-                        format!("_c{i}")
-                    };
-                    let e = Expr::Column(c);
-                    let e = if infer { e } else { cast(e, DataType::Utf8) };
-                    e.alias(name)
-                })
-                .collect();
-            return Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?);
-        }
-        Ok(plan)
-    }
-
-    async fn sql(&mut self, sql: &sc::Sql) -> Result<LogicalPlan> {
-        #[allow(deprecated)]
-        let has_args = !sql.pos_arguments.is_empty()
-            || !sql.named_arguments.is_empty()
-            || !sql.args.is_empty()
-            || !sql.pos_args.is_empty();
-        if has_args {
-            return Err(unsupported(
-                "spark.sql argument",
-                "args (use literals in the SQL)",
-            ));
-        }
-        let state = self.ctx.state();
-        let plan = state.create_logical_plan(&sql.query).await?;
-        if matches!(
-            plan,
-            LogicalPlan::Ddl(_) | LogicalPlan::Dml(_) | LogicalPlan::Copy(_)
-        ) {
-            return Err(EmberError::User(
-                "a statement that changes the catalog or writes data runs as spark.sql(...) on \
-                 its own, not inside a DataFrame"
-                    .into(),
-            ));
-        }
-        Ok(plan)
-    }
-
-    async fn range(&mut self, range: &sc::Range) -> Result<LogicalPlan> {
-        let start = range.start.unwrap_or(0);
-        let step = if range.step == 0 { 1 } else { range.step };
-        let plan = self
-            .ctx
-            .sql(&format!(
-                "SELECT value AS id FROM range({start}, {}, {step})",
-                range.end
-            ))
-            .await?
-            .into_unoptimized_plan();
-        Ok(plan)
     }
 
     /// A projection; window functions and aggregates inside expressions are computed first.
@@ -458,147 +288,9 @@ impl Planner {
         Ok(LogicalPlanBuilder::from(input).project(exprs)?.build()?)
     }
 
-    fn unique(&mut self, prefix: &str) -> String {
+    pub(super) fn unique(&mut self, prefix: &str) -> String {
         self.names += 1;
         format!("{prefix}_{}", self.names)
-    }
-
-    /// A join's right side, renamed when its columns have the same names and tables as the
-    /// left side's (two DataFrames of one table): Spark tells them apart by DataFrame, so
-    /// `df2["a"]` must still find the right side's `a`.
-    fn distinct_sides(&mut self, left: &LogicalPlan, right: LogicalPlan) -> Result<LogicalPlan> {
-        if !clashes(left, &right) {
-            return Ok(right);
-        }
-        let alias = self.unique("right");
-        let before = Arc::clone(right.schema());
-        let renamed = LogicalPlanBuilder::from(right)
-            .alias(alias.as_str())?
-            .build()?;
-        let ids: Vec<i64> = self
-            .plans
-            .keys()
-            .copied()
-            .filter(|id| {
-                let columns = self.current_columns(*id);
-                !columns.is_empty() && columns.iter().all(|c| before.has_column(c))
-            })
-            .collect();
-        for id in ids {
-            self.renamed.insert(id, alias.clone());
-        }
-        Ok(renamed)
-    }
-
-    /// A DataFrame's columns as they are named now (after any renaming by a join).
-    pub(super) fn current_columns(&self, id: i64) -> Vec<Column> {
-        let Some(schema) = self.plans.get(&id) else {
-            return Vec::new();
-        };
-        schema
-            .columns()
-            .into_iter()
-            .map(|c| match self.renamed.get(&id) {
-                Some(alias) => Column::new(Some(alias.as_str()), c.name),
-                None => c,
-            })
-            .collect()
-    }
-
-    async fn join(&mut self, j: &sc::Join) -> Result<LogicalPlan> {
-        let left = self.input(&j.left, "join").await?;
-        let right = self.input(&j.right, "join").await?;
-        let right = self.distinct_sides(&left, right)?;
-        let join_type = match j.join_type() {
-            SparkJoin::Inner | SparkJoin::Unspecified => JoinType::Inner,
-            SparkJoin::FullOuter => JoinType::Full,
-            SparkJoin::LeftOuter => JoinType::Left,
-            SparkJoin::RightOuter => JoinType::Right,
-            SparkJoin::LeftAnti => JoinType::LeftAnti,
-            SparkJoin::LeftSemi => JoinType::LeftSemi,
-            SparkJoin::Cross => {
-                let plan = LogicalPlanBuilder::from(left).cross_join(right)?;
-                return match &j.join_condition {
-                    Some(c) => {
-                        let plan = plan.build()?;
-                        let condition = self.expr(c, plan.schema())?;
-                        Ok(LogicalPlanBuilder::from(plan).filter(condition)?.build()?)
-                    }
-                    None => Ok(plan.build()?),
-                };
-            }
-        };
-        if !j.using_columns.is_empty() {
-            return using_join(left, right, join_type, &j.using_columns);
-        }
-        let Some(condition) = &j.join_condition else {
-            if join_type == JoinType::Inner {
-                return Ok(LogicalPlanBuilder::from(left).cross_join(right)?.build()?);
-            }
-            return Err(EmberError::User(format!(
-                "a {join_type} join needs a condition or columns to join on"
-            )));
-        };
-        let both = left.schema().join(right.schema())?;
-        let condition = self.expr(condition, &both)?;
-        Ok(LogicalPlanBuilder::from(left)
-            .join_on(right, join_type, [condition])?
-            .build()?)
-    }
-
-    async fn set_op(&mut self, s: &sc::SetOperation) -> Result<LogicalPlan> {
-        let left = self.input(&s.left_input, "set operation").await?;
-        let right = self.input(&s.right_input, "set operation").await?;
-        let all = s.is_all.unwrap_or(false);
-        Ok(match s.set_op_type() {
-            SetOpType::Union if s.by_name.unwrap_or(false) => {
-                if !s.allow_missing_columns.unwrap_or(false) {
-                    let names = |p: &LogicalPlan| {
-                        let mut n: Vec<String> = p
-                            .schema()
-                            .fields()
-                            .iter()
-                            .map(|f| f.name().to_ascii_lowercase())
-                            .collect();
-                        n.sort();
-                        n
-                    };
-                    if names(&left) != names(&right) {
-                        return Err(EmberError::User(
-                            "unionByName: the two sides have different columns (pass \
-                             allowMissingColumns=True to fill them with nulls)"
-                                .into(),
-                        ));
-                    }
-                }
-                let builder = LogicalPlanBuilder::from(left);
-                if all {
-                    builder.union_by_name(right)?.build()?
-                } else {
-                    builder.union_by_name_distinct(right)?.build()?
-                }
-            }
-            SetOpType::Union => {
-                if left.schema().fields().len() != right.schema().fields().len() {
-                    return Err(EmberError::User(format!(
-                        "union: the sides have {} and {} columns",
-                        left.schema().fields().len(),
-                        right.schema().fields().len()
-                    )));
-                }
-                let builder = LogicalPlanBuilder::from(left);
-                if all {
-                    builder.union(right)?.build()?
-                } else {
-                    builder.union_distinct(right)?.build()?
-                }
-            }
-            SetOpType::Intersect => LogicalPlanBuilder::intersect(left, right, all)?,
-            SetOpType::Except => LogicalPlanBuilder::except(left, right, all)?,
-            SetOpType::Unspecified => {
-                return Err(EmberError::User("a set operation without its kind".into()));
-            }
-        })
     }
 
     async fn aggregate(&mut self, a: &sc::Aggregate) -> Result<LogicalPlan> {
@@ -744,73 +436,6 @@ impl Planner {
     }
 }
 
-/// `a.join(b, ["k"])`: the join keys once (first; from both sides in a full join), then the
-/// other columns of each side, as Spark answers.
-fn using_join(
-    left: LogicalPlan,
-    right: LogicalPlan,
-    join_type: JoinType,
-    using: &[String],
-) -> Result<LogicalPlan> {
-    let mut left_keys = Vec::new();
-    let mut right_keys = Vec::new();
-    for name in using {
-        let find = |plan: &LogicalPlan, side: &str| -> Result<Column> {
-            match matching(plan.schema(), name, None).as_slice() {
-                [(q, f)] => Ok(Column::new(q.cloned(), f.name())),
-                _ => Err(EmberError::User(format!(
-                    "[UNRESOLVED_USING_COLUMN_FOR_JOIN] `{name}` is not a column of the {side} \
-                     side"
-                ))),
-            }
-        };
-        left_keys.push(find(&left, "left")?);
-        right_keys.push(find(&right, "right")?);
-    }
-    let right_columns = right.schema().columns();
-    let left_columns = left.schema().columns();
-    let plan = LogicalPlanBuilder::from(left)
-        .join(
-            right,
-            join_type,
-            (left_keys.clone(), right_keys.clone()),
-            None,
-        )?
-        .build()?;
-    if matches!(join_type, JoinType::LeftSemi | JoinType::LeftAnti) {
-        return Ok(plan);
-    }
-    let mut exprs = Vec::new();
-    for ((l, r), name) in left_keys.iter().zip(&right_keys).zip(using) {
-        let key = match join_type {
-            JoinType::Right => Expr::Column(r.clone()),
-            JoinType::Full => coalesce(vec![Expr::Column(l.clone()), Expr::Column(r.clone())]),
-            _ => Expr::Column(l.clone()),
-        };
-        exprs.push(key.alias(name));
-    }
-    exprs.extend(
-        left_columns
-            .into_iter()
-            .filter(|c| !left_keys.contains(c))
-            .map(Expr::Column),
-    );
-    exprs.extend(
-        right_columns
-            .into_iter()
-            .filter(|c| !right_keys.contains(c))
-            .map(Expr::Column),
-    );
-    Ok(LogicalPlanBuilder::from(plan).project(exprs)?.build()?)
-}
-
-fn clashes(left: &LogicalPlan, right: &LogicalPlan) -> bool {
-    left.schema()
-        .columns()
-        .iter()
-        .any(|c| right.schema().has_column(c))
-}
-
 /// Renames columns (names that are not there are skipped, as Spark does).
 fn rename(input: LogicalPlan, renames: &[(String, String)]) -> Result<LogicalPlan> {
     let exprs: Vec<Expr> = input
@@ -855,35 +480,6 @@ fn rebase(exprs: Vec<Expr>, inner: &[Expr], plan_schema: &DFSchema) -> Result<Ve
         .collect()
 }
 
-/// `spark.createDataFrame(...)`: the rows the client sent, as Arrow IPC.
-fn local_relation(local: &sc::LocalRelation, name: &str) -> Result<LogicalPlan> {
-    let (schema, batches) = match &local.data {
-        Some(data) if !data.is_empty() => {
-            let batches = ember_core::shuffle::batches_from_ipc_stream(data)?;
-            let schema = match batches.first() {
-                Some(b) => b.schema(),
-                None => {
-                    let reader = datafusion::arrow::ipc::reader::StreamReader::try_new(
-                        std::io::Cursor::new(data.as_slice()),
-                        None,
-                    )?;
-                    reader.schema()
-                }
-            };
-            (schema, batches)
-        }
-        _ => {
-            let schema = match &local.schema {
-                Some(text) => types::parse_schema(text)?,
-                None => Schema::empty(),
-            };
-            (Arc::new(schema), Vec::new())
-        }
-    };
-    let table = MemTable::try_new(Arc::clone(&schema), vec![batches])?;
-    Ok(LogicalPlanBuilder::scan(name, provider_as_source(Arc::new(table)), None)?.build()?)
-}
-
 fn same_kind(value: &DataType, column: &DataType) -> bool {
     let numeric = |t: &DataType| t.is_numeric();
     let text =
@@ -893,7 +489,7 @@ fn same_kind(value: &DataType, column: &DataType) -> bool {
         || (value == &DataType::Boolean && column == &DataType::Boolean)
 }
 
-fn required<'a, R: std::borrow::Borrow<Relation>>(
+pub(super) fn required<'a, R: std::borrow::Borrow<Relation>>(
     rel: &'a Option<R>,
     within: &str,
 ) -> Result<&'a Relation> {
@@ -902,7 +498,7 @@ fn required<'a, R: std::borrow::Borrow<Relation>>(
         .ok_or_else(|| EmberError::User(format!("{within}: its input is missing")))
 }
 
-fn negative(what: &str) -> EmberError {
+pub(super) fn negative(what: &str) -> EmberError {
     EmberError::User(format!("{what} must not be negative"))
 }
 

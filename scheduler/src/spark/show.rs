@@ -160,7 +160,7 @@ mod tests {
     #[test]
     fn shows_as_spark_prints_a_table() {
         let b = batch();
-        let text = show_string(&b.schema(), &[b.clone()], 2, 20, false).unwrap();
+        let text = show_string(&b.schema(), std::slice::from_ref(&b), 2, 20, false).unwrap();
         let expected = "+---+----+\n\
                         | id|name|\n\
                         +---+----+\n\
@@ -169,7 +169,7 @@ mod tests {
                         +---+----+\n\
                         only showing top 2 rows\n";
         assert_eq!(text, expected);
-        let text = show_string(&b.schema(), &[b.clone()], 20, 20, false).unwrap();
+        let text = show_string(&b.schema(), std::slice::from_ref(&b), 20, 20, false).unwrap();
         assert!(text.contains("|333|a rather long nam...|"), "{text}");
         assert!(!text.contains("only showing"));
         let text = show_string(&b.schema(), &[b], 20, 0, false).unwrap();

@@ -49,6 +49,11 @@ impl Planner {
             .as_deref()
             .unwrap_or("parquet")
             .to_ascii_lowercase();
+        let known: &[&str] = match format.as_str() {
+            "csv" => &["header", "sep", "delimiter", "compression"],
+            _ => &["compression"],
+        };
+        super::check_options(&format!("write.{format}"), w.options.keys(), known)?;
         let option = |key: &str| {
             w.options
                 .iter()

@@ -15,9 +15,12 @@ use crate::spark::SessionViews;
 /// A session unused this long is forgotten (its views with it), as Spark's server does.
 const IDLE: Duration = Duration::from_secs(3600);
 
+/// A session's key: its owner (the caller who opened it) and the client's session id.
+type SessionKey = (Option<String>, String);
+
 #[derive(Default)]
 pub(super) struct Sessions {
-    open: Mutex<HashMap<(Option<String>, String), Arc<Session>>>,
+    open: Mutex<HashMap<SessionKey, Arc<Session>>>,
 }
 
 pub(super) struct Session {
