@@ -291,6 +291,14 @@ pub struct StandaloneArgs {
     )]
     pub http_bind: String,
 
+    /// Address of the Spark Connect endpoint (PySpark's `sc://host:port`); `off` disables it.
+    #[arg(
+        long,
+        env = "EMBER_STANDALONE_SPARK_CONNECT_BIND",
+        default_value = ember_scheduler::config::DEFAULT_SPARK_CONNECT_BIND
+    )]
+    pub spark_connect_bind: String,
+
     /// Where SQL may read and write files.
     #[command(flatten)]
     pub confinement: ember_scheduler::confine::Confinement,

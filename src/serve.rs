@@ -76,6 +76,7 @@ pub async fn executor(config: ExecutorConfig, format: LogFormat) -> Result<()> {
 pub async fn standalone(args: StandaloneArgs, format: LogFormat) -> Result<()> {
     let scheduler = SchedulerConfig {
         http_bind: args.http_bind.clone(),
+        spark_connect_bind: args.spark_connect_bind.clone(),
         confinement: args.confinement.clone(),
         auth: args.auth.clone(),
         ..SchedulerConfig::default()

@@ -45,6 +45,10 @@ fn overlays_render_validate_and_keep_their_contract() {
         port(&setting("scheduler", "http-bind")),
         port(&scheduler.http_bind)
     );
+    assert_eq!(
+        port(&setting("scheduler", "spark-connect-bind")),
+        port(&scheduler.spark_connect_bind)
+    );
     assert_eq!(port(&setting("executor", "bind")), port(&executor.bind));
     assert_eq!(
         port(&setting("executor", "http-bind")),
