@@ -16,6 +16,9 @@ pub struct WriteSpec {
     pub stage: StageId,
     /// The file name of a single-file output; `None` for a directory of files.
     pub single_file: Option<String>,
+    /// The write replaces what the target held (Spark's mode "overwrite"): the files there
+    /// when the commit is recorded are deleted once the new ones are in.
+    pub replace: bool,
 }
 
 /// One stage as recorded: its shape, and how many store values its plan takes.
@@ -112,6 +115,8 @@ pub struct WriteRecord {
     pub job_id: JobId,
     pub spec: WriteSpec,
     pub staged_dirs: Vec<String>,
+    /// Of a write that replaces its target: the files it held when the commit was recorded.
+    pub replaced_files: Vec<String>,
 }
 
 /// One write of a leader to the store, in the order decided; each is fenced on the

@@ -35,6 +35,7 @@ impl From<&WriteSpec> for pb::WriteSpec {
             staging_root: w.staging_root.clone(),
             stage: w.stage,
             single_file: w.single_file.clone().unwrap_or_default(),
+            replace: w.replace,
         }
     }
 }
@@ -46,6 +47,7 @@ impl From<pb::WriteSpec> for WriteSpec {
             staging_root: w.staging_root,
             stage: w.stage,
             single_file: (!w.single_file.is_empty()).then_some(w.single_file),
+            replace: w.replace,
         }
     }
 }
@@ -166,6 +168,7 @@ pub fn encode_write(w: &WriteRecord) -> Bytes {
         spec: Some((&w.spec).into()),
         staged_dirs: w.staged_dirs.clone(),
         abort: false,
+        replaced_files: w.replaced_files.clone(),
     }
     .encode_to_vec()
     .into()
@@ -177,6 +180,7 @@ pub fn decode_write(bytes: &[u8]) -> Result<WriteRecord> {
         job_id: JobId::from(r.job_id),
         spec: required(r.spec, "spec")?.into(),
         staged_dirs: r.staged_dirs,
+        replaced_files: r.replaced_files,
     })
 }
 
@@ -295,6 +299,7 @@ mod tests {
             staging_root: "s3://b/out/_ember_staging/j/".into(),
             stage: 2,
             single_file: None,
+            replace: true,
         };
         let job = JobRecord {
             job_id: "j".into(),
@@ -336,6 +341,7 @@ mod tests {
             job_id: "j".into(),
             spec,
             staged_dirs: vec!["a/0-0/".into()],
+            replaced_files: vec!["s3://b/out/old.parquet".into()],
         };
         assert_eq!(decode_write(&encode_write(&write)).unwrap(), write);
         assert!(matches!(

@@ -203,6 +203,68 @@ pub async fn commit_files(
     Ok(moved)
 }
 
+/// The files a write's target holds now, which a replacing write deletes once its own are in:
+/// every file under a directory target but Ember's own (`_ember_staging`, `_ember_commits`)
+/// and hidden ones, or the single file.
+pub async fn target_files(runtime: &RuntimeEnv, spec: &WriteSpec) -> Result<Vec<String>> {
+    let (store, target) = locate(runtime, &spec.target)?;
+    if spec.single_file.is_some() {
+        return match store.head(&target).await {
+            Ok(_) => Ok(vec![target.to_string()]),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(store_err(e)),
+        };
+    }
+    let files: Vec<_> = store
+        .list(Some(&target))
+        .try_collect()
+        .await
+        .map_err(store_err)?;
+    Ok(files
+        .into_iter()
+        .filter(|f| {
+            f.location
+                .prefix_match(&target)
+                .is_some_and(|mut parts| !parts.any(|p| p.as_ref().starts_with(['_', '.'])))
+        })
+        .map(|f| f.location.to_string())
+        .collect())
+}
+
+/// Deletes the files a replacing write's commit recorded (redoable: gone ones are skipped).
+pub async fn delete_files(runtime: &RuntimeEnv, spec: &WriteSpec, files: &[String]) -> Result<()> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let (store, _) = locate(runtime, &spec.target)?;
+    for file in files {
+        match store.delete(&Path::from(file.as_str())).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => return Err(store_err(e)),
+        }
+    }
+    // Local folders outlive their files: remove those left empty (old partitions), so that
+    // readers inferring partitions from folder names do not find them.
+    if let Ok(url) = url::Url::parse(&spec.target)
+        && url.scheme() == "file"
+        && let Ok(target) = url.to_file_path()
+    {
+        for file in files {
+            let mut dir = std::path::Path::new("/")
+                .join(file)
+                .parent()
+                .map(|d| d.to_path_buf());
+            while let Some(d) = dir {
+                if !d.starts_with(&target) || d == target || std::fs::remove_dir(&d).is_err() {
+                    break;
+                }
+                dir = d.parent().map(|p| p.to_path_buf());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Deletes everything under a write's staging prefix (redoable).
 pub async fn delete_staging(runtime: &RuntimeEnv, staging_root: &str) -> Result<()> {
     let (store, prefix) = locate(runtime, &format!("{}/", staging_root.trim_end_matches('/')))?;

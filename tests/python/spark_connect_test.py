@@ -496,8 +496,15 @@ def test_write_with_modes_and_partitions_read_back(spark):
     assert spark.read.parquet(target).count() == 3
     df.write.mode("append").partitionBy("k").parquet(target)
     assert spark.read.parquet(target).count() == 6
-    with pytest.raises(AnalysisException, match="overwrite"):
-        df.write.mode("overwrite").parquet(target)
+    # Overwrite: the new rows replace every file the target held.
+    df.filter("id = 2").write.mode("overwrite").partitionBy("k").parquet(target)
+    assert tuples(spark.read.parquet(target).select("id", "k", "v")) == [(2, "b", 20)]
+    assert sorted(n for n in os.listdir(target) if not n.startswith("_")) == ["k=b"]
+    fresh = os.path.join(SCRATCH, f"fresh-{uuid.uuid4().hex}")
+    df.write.mode("overwrite").parquet(fresh)
+    assert spark.read.parquet(fresh).count() == 3
+    with pytest.raises(PySparkException, match="nullValue"):
+        df.write.option("nullValue", "NA").csv(os.path.join(SCRATCH, "never"))
     csv = os.path.join(SCRATCH, f"csv-{uuid.uuid4().hex}")
     df.write.option("header", True).csv(csv)
     read = spark.read.option("header", True).option("inferSchema", True).csv(csv)

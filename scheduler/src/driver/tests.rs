@@ -487,6 +487,7 @@ fn write_options() -> JobOptions {
             staging_root: "file:///out/_ember_staging/w".into(),
             stage: 1,
             single_file: None,
+            replace: false,
         }),
         ..JobOptions::default()
     }
@@ -544,6 +545,7 @@ fn a_write_commits_after_its_stages_and_rolls_forward_on_a_new_leader() {
         job_id: "w".into(),
         spec: write_options().write.unwrap(),
         staged_dirs: dirs.clone(),
+        replaced_files: Vec::new(),
     };
     let fx = next.lead(FENCE + 1, store.stored(&[(1, 2, &[])]), vec![write]);
     assert_eq!(commit_of(&fx), Some(("w".into(), dirs, true)));

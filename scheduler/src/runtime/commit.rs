@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 use super::{Scheduler, journal};
 use crate::driver::Event;
-use crate::writes::{SECOND_CLEANUP, commit_files, delete_staging};
+use crate::writes::{SECOND_CLEANUP, commit_files, delete_files, delete_staging, target_files};
 
 impl Scheduler {
     /// Commits a write job whose stages are all done (its record first, unless `recorded`).
@@ -29,11 +29,35 @@ impl Scheduler {
         dirs: Vec<String>,
         recorded: bool,
     ) {
+        let runtime = self.ctx.runtime_env();
+        // A write that replaces its target deletes what the target held when its commit was
+        // recorded (listed now, or read back from the record by a new leader).
+        let replaced = match (spec.replace, recorded) {
+            (false, _) => Vec::new(),
+            (true, false) => match target_files(&runtime, &spec).await {
+                Ok(files) => files,
+                Err(e) => {
+                    warn!(job_id = %job, error = %e, "cannot list the target to replace");
+                    if self.is_leader(fence) {
+                        let error = format!("listing the target to replace: {e}");
+                        self.dispatch(Event::CommitFailed { job, error });
+                    }
+                    return;
+                }
+            },
+            (true, true) => match self.store.get(&self.keys.write(job.as_str())).await {
+                Ok(Some(kv)) => ember_proto::records::decode_write(&kv.value)
+                    .map(|r| r.replaced_files)
+                    .unwrap_or_default(),
+                _ => Vec::new(),
+            },
+        };
         if !recorded {
             let record = WriteRecord {
                 job_id: job.clone(),
                 spec: spec.clone(),
                 staged_dirs: dirs.clone(),
+                replaced_files: replaced.clone(),
             };
             let op = ember_core::meta::Op::put(
                 self.keys.write(job.as_str()),
@@ -55,12 +79,12 @@ impl Scheduler {
             }
         }
         self.dispatch(Event::CommitStarted { job: job.clone() });
-        let runtime = self.ctx.runtime_env();
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let shutdown = self.shutdown_token();
         let moved = loop {
             let attempt = async {
                 let moved = commit_files(&runtime, &spec, &dirs).await?;
+                delete_files(&runtime, &spec, &replaced).await?;
                 delete_staging(&runtime, &spec.staging_root).await?;
                 Ok::<_, EmberError>(moved)
             }

@@ -41,6 +41,8 @@ pub enum Query {
     Plan {
         plan: Arc<LogicalPlan>,
         description: String,
+        /// A write that replaces what its target holds (Spark's mode "overwrite").
+        replace: bool,
     },
 }
 
@@ -101,6 +103,7 @@ impl Scheduler {
     ) -> Result<JobId> {
         let start = Instant::now();
         let label = JobLabel::new(label.script, &query.describe()).owned_by(label.owner);
+        let replace = matches!(&query, Query::Plan { replace: true, .. });
         let partitions = self.shuffle_partitions();
         let (weight, settings) = job_weight(settings)?;
         let mut state = self.ctx.state();
@@ -198,6 +201,7 @@ impl Scheduler {
                 staging_root: w.staging_root,
                 stage,
                 single_file: w.single_file,
+                replace,
             }),
             analyze,
             // Planning runs in the job's span: its tasks join that trace.

@@ -30,6 +30,7 @@ use ember_core::EmberError;
 use parking_lot::RwLock;
 
 pub use plan::{Planner, Translated};
+pub use write::Write;
 
 /// The error for what Ember does not translate: it names the thing and where the list is.
 pub fn unsupported(kind: &str, name: &str) -> EmberError {

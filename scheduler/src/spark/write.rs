@@ -17,10 +17,18 @@ use futures::StreamExt;
 
 use super::{Planner, unsupported};
 
+/// A write to run: its plan, what it does (for listings), and whether it replaces what the
+/// target holds.
+pub struct Write {
+    pub plan: LogicalPlan,
+    pub description: String,
+    pub replace: bool,
+}
+
 impl Planner {
-    /// The write's plan and what it does, or `None` when there is nothing to do (mode
-    /// `ignore` and the target has files).
-    pub async fn write(&mut self, w: &WriteOperation) -> Result<Option<(LogicalPlan, String)>> {
+    /// The write's plan, or `None` when there is nothing to do (mode `ignore` and the target
+    /// has files).
+    pub async fn write(&mut self, w: &WriteOperation) -> Result<Option<Write>> {
         let input = w
             .input
             .as_ref()
@@ -96,13 +104,7 @@ impl Planner {
             SaveMode::ErrorIfExists | SaveMode::Unspecified => {}
             SaveMode::Ignore if exists => return Ok(None),
             SaveMode::Ignore => {}
-            SaveMode::Overwrite if exists => {
-                return Err(unsupported(
-                    "save mode",
-                    "overwrite of a path that has files (Ember's writes add files atomically \
-                     and never delete: write to a new path, or append)",
-                ));
-            }
+            // The target's files go once the new ones are in (the commit records them).
             SaveMode::Overwrite => {}
         }
         let input = self.relation(input).await?;
@@ -114,7 +116,11 @@ impl Planner {
             w.partitioning_columns.clone(),
         )?
         .build()?;
-        Ok(Some((plan, format!("write.{format}('{path}')"))))
+        Ok(Some(Write {
+            plan,
+            description: format!("write.{format}('{path}')"),
+            replace: w.mode() == SaveMode::Overwrite && exists,
+        }))
     }
 
     /// Whether a folder holds any file.

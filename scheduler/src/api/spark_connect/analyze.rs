@@ -205,6 +205,7 @@ impl SparkConnect {
         let query = Query::Plan {
             plan: Arc::new(explain),
             description: "EXPLAIN (a PySpark DataFrame)".into(),
+            replace: false,
         };
         let job = self.scheduler.submit(query, Vec::new(), owner).await?;
         let status = self

@@ -342,6 +342,7 @@ impl Run {
         let query = Query::Plan {
             plan: Arc::new(plan),
             description,
+            replace: false,
         };
         self.submit(query, responses).await
     }
@@ -442,10 +443,15 @@ impl Run {
                     .scheduler
                     .planning(async move { Planner::new(ctx).write(&write).await })
                     .await?;
-                let Some((plan, description)) = plan else {
+                let Some(write) = plan else {
                     return Ok(()); // mode "ignore" and the target exists
                 };
-                self.run(plan, description, responses).await.map(|_| ())
+                let query = Query::Plan {
+                    plan: Arc::new(write.plan),
+                    description: write.description,
+                    replace: write.replace,
+                };
+                self.submit(query, responses).await.map(|_| ())
             }
             CommandType::RegisterFunction(f) => Err(crate::spark::unsupported(
                 "user-defined function",
