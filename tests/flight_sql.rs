@@ -7,7 +7,6 @@ use std::time::Duration;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::ipc::writer::FileWriter;
 use futures::TryStreamExt;
 use tonic::transport::Channel;
 
@@ -15,19 +14,10 @@ use crate::etcd_support::EtcdCluster;
 use crate::support::TestCluster;
 use crate::support::{
     ProcessCluster, assert_same_rows, datafusion_reference, register_tpch, spawn_guarded, tpch_dir,
+    write_ipc,
 };
 
 const PYTHON_QUERIES: [usize; 7] = [1, 3, 5, 6, 10, 13, 18];
-
-fn write_ipc(path: &std::path::Path, batches: &[RecordBatch]) {
-    let file = std::fs::File::create(path).unwrap();
-    let schema = batches[0].schema();
-    let mut writer = FileWriter::try_new(file, &schema).unwrap();
-    for batch in batches {
-        writer.write(batch).unwrap();
-    }
-    writer.finish().unwrap();
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn adbc_python_client() {

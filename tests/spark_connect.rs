@@ -3,27 +3,14 @@
 //! the DataFrame API, DataFrame operations with expected results, sessions that do not see
 //! each other's views, an interrupted job and a write read back — and a standby that forwards.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-use datafusion::arrow::array::RecordBatch;
-use datafusion::arrow::ipc::writer::FileWriter;
 
 use crate::etcd_support::EtcdCluster;
 use crate::support::{
     ProcessCluster, TestCluster, datafusion_reference, register_tpch, spawn_guarded, tpch_dir,
+    write_ipc,
 };
-
-fn write_ipc(path: &Path, batches: &[RecordBatch]) {
-    let file = std::fs::File::create(path).unwrap();
-    let schema = batches[0].schema();
-    let mut writer = FileWriter::try_new(file, &schema).unwrap();
-    for batch in batches {
-        writer.write(batch).unwrap();
-    }
-    writer.finish().unwrap();
-}
 
 /// Runs `python3 args...` with `env`, within `timeout`; its exit status and output.
 async fn python(

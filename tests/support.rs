@@ -472,3 +472,14 @@ pub fn executor_args(url: &str) -> [&str; 6] {
         "200",
     ]
 }
+
+/// Writes batches as an Arrow IPC file (answers for client scripts to compare with).
+pub fn write_ipc(path: &Path, batches: &[RecordBatch]) {
+    let file = std::fs::File::create(path).unwrap();
+    let schema = batches[0].schema();
+    let mut writer = datafusion::arrow::ipc::writer::FileWriter::try_new(file, &schema).unwrap();
+    for batch in batches {
+        writer.write(batch).unwrap();
+    }
+    writer.finish().unwrap();
+}

@@ -15,7 +15,6 @@ use ember_proto::spark::{self as sc, plan::OpType};
 use tonic::{Request, Status};
 
 use super::{SPARK_VERSION, SparkConnect, spark_error};
-use crate::api::auth;
 use crate::runtime::Query;
 use crate::spark::{Planner, Translated, session_context, types};
 
@@ -87,13 +86,7 @@ impl SparkConnect {
         &self,
         request: Request<sc::AnalyzePlanRequest>,
     ) -> std::result::Result<sc::AnalyzePlanResponse, Status> {
-        let owner = auth::owner(&request);
-        let request = request.into_inner();
-        let session = self.sessions.open(
-            owner.as_deref(),
-            &request.session_id,
-            request.client_observed_server_side_session_id.as_deref(),
-        )?;
+        let (session, request, owner) = self.session_of(request)?;
         let ctx = session_context(self.scheduler.catalog_context(), Arc::clone(&session.views));
         let plan_of = |plan: Option<sc::Plan>| -> Result<sc::Relation> {
             match plan.and_then(|p| p.op_type) {
@@ -241,13 +234,7 @@ impl SparkConnect {
         &self,
         request: Request<sc::ConfigRequest>,
     ) -> std::result::Result<sc::ConfigResponse, Status> {
-        let owner = auth::owner(&request);
-        let request = request.into_inner();
-        let session = self.sessions.open(
-            owner.as_deref(),
-            &request.session_id,
-            request.client_observed_server_side_session_id.as_deref(),
-        )?;
+        let (session, request, _) = self.session_of(request)?;
         let mut config = session.config.lock();
         let get = |config: &std::collections::BTreeMap<String, String>, key: &str| {
             config.get(key).cloned().or_else(|| {

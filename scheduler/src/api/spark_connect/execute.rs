@@ -82,13 +82,7 @@ impl SparkConnect {
         &self,
         request: Request<sc::ExecutePlanRequest>,
     ) -> std::result::Result<ResponseStream, Status> {
-        let owner = auth::owner(&request);
-        let request = request.into_inner();
-        let session = self.sessions.open(
-            owner.as_deref(),
-            &request.session_id,
-            request.client_observed_server_side_session_id.as_deref(),
-        )?;
+        let (session, request, owner) = self.session_of(request)?;
         let operation_id = request
             .operation_id
             .clone()
@@ -134,13 +128,7 @@ impl SparkConnect {
         &self,
         request: Request<sc::ReattachExecuteRequest>,
     ) -> std::result::Result<ResponseStream, Status> {
-        let owner = auth::owner(&request);
-        let request = request.into_inner();
-        let session = self.sessions.open(
-            owner.as_deref(),
-            &request.session_id,
-            request.client_observed_server_side_session_id.as_deref(),
-        )?;
+        let (session, request, _) = self.session_of(request)?;
         let operation = session.operation(&request.operation_id).ok_or_else(|| {
             Status::not_found(format!(
                 "[INVALID_HANDLE.OPERATION_NOT_FOUND] operation {}",
@@ -180,11 +168,7 @@ impl SparkConnect {
         &self,
         request: Request<sc::ReleaseExecuteRequest>,
     ) -> std::result::Result<sc::ReleaseExecuteResponse, Status> {
-        let owner = auth::owner(&request);
-        let request = request.into_inner();
-        let session = self
-            .sessions
-            .open(owner.as_deref(), &request.session_id, None)?;
+        let (session, request, _) = self.session_of(request)?;
         let all = matches!(
             request.release,
             Some(sc::release_execute_request::Release::ReleaseAll(_))
@@ -206,11 +190,7 @@ impl SparkConnect {
         request: Request<sc::InterruptRequest>,
     ) -> std::result::Result<sc::InterruptResponse, Status> {
         use sc::interrupt_request::Interrupt;
-        let owner = auth::owner(&request);
-        let request = request.into_inner();
-        let session = self
-            .sessions
-            .open(owner.as_deref(), &request.session_id, None)?;
+        let (session, request, _) = self.session_of(request)?;
         let (tag, id) = match &request.interrupt {
             Some(Interrupt::OperationTag(t)) => (Some(t.as_str()), None),
             Some(Interrupt::OperationId(i)) => (None, Some(i.as_str())),

@@ -188,6 +188,50 @@ impl SparkConnectService for SparkConnect {
     }
 }
 
+/// A request that names its session, and the server-side session the client last saw.
+trait SessionRequest {
+    fn session_id(&self) -> &str;
+    fn observed_server_session(&self) -> Option<&str>;
+}
+
+macro_rules! session_request {
+    ($($t:ty),*) => {$(
+        impl SessionRequest for $t {
+            fn session_id(&self) -> &str {
+                &self.session_id
+            }
+            fn observed_server_session(&self) -> Option<&str> {
+                self.client_observed_server_side_session_id.as_deref()
+            }
+        }
+    )*};
+}
+session_request!(
+    sc::ExecutePlanRequest,
+    sc::ReattachExecuteRequest,
+    sc::AnalyzePlanRequest,
+    sc::ConfigRequest,
+    sc::ReleaseExecuteRequest,
+    sc::InterruptRequest
+);
+
+impl SparkConnect {
+    /// The caller's session a request names (opened if new), the request, and its caller.
+    fn session_of<T: SessionRequest>(
+        &self,
+        request: Request<T>,
+    ) -> Result<(Arc<sessions::Session>, T, Option<String>), Status> {
+        let owner = crate::api::auth::owner(&request);
+        let request = request.into_inner();
+        let session = self.sessions.open(
+            owner.as_deref(),
+            request.session_id(),
+            request.observed_server_session(),
+        )?;
+        Ok((session, request, owner))
+    }
+}
+
 fn not_supported(what: &str) -> Status {
     spark_error(&EmberError::User(format!(
         "Spark Connect: {what} is not supported by Ember (docs/spark-connect.md lists what is)"
