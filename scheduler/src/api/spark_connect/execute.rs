@@ -303,10 +303,10 @@ impl Run {
                 let batches = self.collect(limited, description, responses).await?;
                 let text = show::show_string(&schema, &batches, rows, truncate, vertical)?;
                 let batch = show::show_batch(text)?;
-                send_batches(responses, batch.schema(), vec![batch]).await?;
                 self.session.forget(&self.operation_id);
-                responses.complete().await;
-                Ok(())
+                let schema = batch.schema();
+                let rows = futures::stream::iter([Ok(batch)]).boxed();
+                send_rows(responses, &schema, rows).await
             }
         }
     }
@@ -572,22 +572,31 @@ async fn result_batches(
         .boxed())
 }
 
-/// Streams a finished job's result: its schema, its rows as Arrow batches of the types the
-/// client reads, and the end.
+/// Streams a finished job's result.
 async fn stream_result(
     fetcher: &Arc<ember_core::shuffle::FlightFetcher>,
     status: JobStatus,
     responses: &mut Responses,
 ) -> Result<()> {
-    let schema = Arc::new(schema_from_bytes(&status.result_schema)?);
-    let client_schema = Arc::new(client_schema(&schema));
+    let schema = schema_from_bytes(&status.result_schema)?;
+    let batches = result_batches(fetcher, status).await?;
+    send_rows(responses, &schema, batches).await
+}
+
+/// Sends rows: their schema, then each batch with the types the client reads, numbered by
+/// the row it starts at, then the end. Stops early when the client has gone.
+async fn send_rows(
+    responses: &mut Responses,
+    schema: &Schema,
+    mut batches: futures::stream::BoxStream<'static, Result<RecordBatch>>,
+) -> Result<()> {
+    let client_schema = Arc::new(client_schema(schema));
     if !responses
         .send(None, Some(types::spark_schema(&client_schema)))
         .await
     {
         return Ok(());
     }
-    let mut batches = result_batches(fetcher, status).await?;
     let mut offset = 0i64;
     while let Some(batch) = batches.try_next().await? {
         if batch.num_rows() == 0 {
@@ -614,36 +623,6 @@ async fn stream_result(
         offset += rows;
     }
     responses.complete().await;
-    Ok(())
-}
-
-async fn send_batches(
-    responses: &mut Responses,
-    schema: SchemaRef,
-    batches: Vec<RecordBatch>,
-) -> Result<()> {
-    let (schema, batches) = client_batches(&schema, batches)?;
-    responses
-        .send(None, Some(types::spark_schema(&schema)))
-        .await;
-    let mut offset = 0i64;
-    for batch in batches {
-        let rows = batch.num_rows() as i64;
-        let data = batches_to_ipc_stream(&schema, &[batch])?;
-        responses
-            .send(
-                Some(ResponseType::ArrowBatch(epr::ArrowBatch {
-                    row_count: rows,
-                    data,
-                    start_offset: Some(offset),
-                    chunk_index: None,
-                    num_chunks_in_batch: None,
-                })),
-                None,
-            )
-            .await;
-        offset += rows;
-    }
     Ok(())
 }
 
