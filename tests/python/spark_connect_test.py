@@ -444,6 +444,18 @@ def test_window_functions(spark, people):
     assert rows == [(1, 1, 180.0, None, 100.0), (2, 2, 180.0, 100.0, 180.0), (3, 1, 60.0, None, 60.0)]
 
 
+def test_explode_gives_a_row_per_element(spark):
+    df = spark.createDataFrame([(1, [1, 2]), (2, []), (3, None)], "id INT, xs ARRAY<INT>")
+    assert tuples(df.select("id", F.explode("xs").alias("x")).orderBy("id", "x")) == [(1, 1), (1, 2)]
+    assert df.select(F.explode("xs")).columns == ["col"]
+    with_column = df.withColumn("x", F.explode("xs")).select("id", "x").orderBy("x")
+    assert tuples(with_column) == [(1, 1), (1, 2)]
+    with pytest.raises(PySparkException, match="one explode"):
+        df.select(F.explode("xs"), F.explode("xs")).collect()
+    with pytest.raises(PySparkException, match="explode_outer"):
+        df.select(F.explode_outer("xs")).collect()
+
+
 def test_collect_to_pandas_to_arrow_show_count_schema_explain(spark, people, capsys):
     assert people.count() == 4
     assert [f.name for f in people.schema.fields] == ["id", "name", "dept", "salary", "tag"]
@@ -561,8 +573,8 @@ def test_a_running_job_is_interrupted(spark):
 def test_errors_are_clear(spark, people):
     with pytest.raises(AnalysisException, match="nope"):
         people.select("nope").collect()
-    with pytest.raises(PySparkException, match="explode"):
-        people.select(F.explode(F.array("id"))).collect()
+    with pytest.raises(PySparkException, match="posexplode"):
+        people.select(F.posexplode(F.array("id"))).collect()
     with pytest.raises(PySparkException, match="(?i)parse|syntax|expected"):
         spark.sql("SELEC 1").collect()
     with pytest.raises(PySparkException, match="sample"):

@@ -9,6 +9,7 @@
 
 mod expr;
 mod functions;
+mod generators;
 mod joins;
 mod names;
 mod plan;

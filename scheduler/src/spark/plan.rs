@@ -236,8 +236,9 @@ impl Planner {
     }
 
     /// A projection; window functions and aggregates inside expressions are computed first.
-    fn project(&self, input: LogicalPlan, exprs: &[sc::Expression]) -> Result<LogicalPlan> {
-        let exprs = self.projection(exprs, input.schema())?;
+    fn project(&mut self, input: LogicalPlan, exprs: &[sc::Expression]) -> Result<LogicalPlan> {
+        let (input, exprs) = self.explode(input, exprs)?;
+        let exprs = self.projection(&exprs, input.schema())?;
         let windows = find_window_exprs(exprs.iter());
         if !windows.is_empty() {
             let plan = LogicalPlanBuilder::window_plan(input, windows.clone())?;
@@ -257,17 +258,34 @@ impl Planner {
     }
 
     fn with_columns(
-        &self,
+        &mut self,
         input: LogicalPlan,
         aliases: &[sc::expression::Alias],
     ) -> Result<LogicalPlan> {
+        use sc::expression::ExprType;
+        // `withColumn("x", explode(...))`: unnested first, read as a column.
+        let wrapped: Vec<sc::Expression> = aliases
+            .iter()
+            .map(|a| sc::Expression {
+                common: None,
+                expr_type: Some(ExprType::Alias(Box::new(a.clone()))),
+            })
+            .collect();
+        let (input, wrapped) = self.explode(input, &wrapped)?;
+        let aliases: Vec<sc::expression::Alias> = wrapped
+            .into_iter()
+            .filter_map(|e| match e.expr_type {
+                Some(ExprType::Alias(a)) => Some(*a),
+                _ => None,
+            })
+            .collect();
         let schema = Arc::clone(input.schema());
         let mut exprs: Vec<(String, Expr)> = schema
             .columns()
             .into_iter()
             .map(|c| (c.name.clone(), Expr::Column(c)))
             .collect();
-        for alias in aliases {
+        for alias in &aliases {
             let [name] = alias.name.as_slice() else {
                 return Err(unsupported("withColumns of", "several names"));
             };
