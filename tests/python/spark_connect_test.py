@@ -444,6 +444,21 @@ def test_window_functions(spark, people):
     assert rows == [(1, 1, 180.0, None, 100.0), (2, 2, 180.0, 100.0, 180.0), (3, 1, 60.0, None, 60.0)]
 
 
+def test_pivot_gives_a_column_per_value(spark):
+    df = spark.createDataFrame(
+        [("a", "x", 1), ("a", "y", 2), ("a", "x", 3), ("b", "y", 4), ("b", None, 5)],
+        "k STRING, p STRING, v INT",
+    )
+    one = df.groupBy("k").pivot("p", ["x", "y"]).agg(F.sum("v")).orderBy("k")
+    assert one.columns == ["k", "x", "y"]
+    assert tuples(one) == [("a", 4, 2), ("b", None, 4)]
+    two = df.groupBy("k").pivot("p", ["x"]).agg(F.sum("v").alias("s"), F.count("*").alias("n"))
+    assert two.columns == ["k", "x_s", "x_n"]
+    assert tuples(two.orderBy("k")) == [("a", 4, 2), ("b", None, 0)]
+    with pytest.raises(PySparkException, match="values"):
+        df.groupBy("k").pivot("p").agg(F.sum("v")).collect()
+
+
 def test_explode_gives_a_row_per_element(spark):
     df = spark.createDataFrame([(1, [1, 2]), (2, []), (3, None)], "id INT, xs ARRAY<INT>")
     assert tuples(df.select("id", F.explode("xs").alias("x")).orderBy("id", "x")) == [(1, 1), (1, 2)]

@@ -12,6 +12,7 @@ mod functions;
 mod generators;
 mod joins;
 mod names;
+mod pivot;
 mod plan;
 pub mod show;
 mod sources;

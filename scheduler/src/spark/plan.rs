@@ -323,7 +323,18 @@ impl Planner {
             GroupType::Groupby | GroupType::Unspecified => keys.clone(),
             GroupType::Rollup => vec![Expr::GroupingSet(GroupingSet::Rollup(keys.clone()))],
             GroupType::Cube => vec![Expr::GroupingSet(GroupingSet::Cube(keys.clone()))],
-            GroupType::Pivot => return Err(unsupported("grouping", "pivot")),
+            GroupType::Pivot => {
+                let pivot = a
+                    .pivot
+                    .as_ref()
+                    .ok_or_else(|| EmberError::User("pivot: no column".into()))?;
+                let outputs = a
+                    .aggregate_expressions
+                    .iter()
+                    .map(|e| self.named(e, &schema))
+                    .collect::<Result<Vec<_>>>()?;
+                return self.pivot(input, keys, outputs, pivot);
+            }
             GroupType::GroupingSets => return Err(unsupported("grouping", "grouping sets")),
         };
         let outputs = a
