@@ -594,3 +594,8 @@ def test_errors_are_clear(spark, people):
         spark.sql("SELEC 1").collect()
     with pytest.raises(PySparkException, match="sample"):
         people.sample(0.5).collect()
+    # Files outside the cluster's allowed locations are neither read nor listed.
+    with pytest.raises(AnalysisException, match="outside the locations"):
+        spark.read.parquet("/etc").schema
+    with pytest.raises(AnalysisException, match="outside the locations"):
+        people.write.parquet("/etc/ember-spark-write")

@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 
 use super::expr::{matching, required as required_expr};
 use super::{types, unsupported};
+use crate::confine::AllowedLocations;
 
 /// Translates one request's relations; it remembers each DataFrame's columns by its plan id,
 /// so that `df["a"]` names `a` of that DataFrame even after a join.
@@ -28,6 +29,9 @@ pub struct Planner {
     pub(super) renamed: HashMap<i64, String>,
     /// Names made so far (for in-memory rows and renamed join sides).
     names: usize,
+    /// Where reads and writes may go, checked before a file is opened or a folder listed
+    /// (the submitted plan is checked again, as every plan is).
+    pub(super) allowed: AllowedLocations,
 }
 
 /// A relation's plan, or what it asks of the server instead of rows.
@@ -49,7 +53,14 @@ impl Planner {
             plans: HashMap::new(),
             renamed: HashMap::new(),
             names: 0,
+            allowed: AllowedLocations::Anywhere,
         }
+    }
+
+    /// A planner that reads and writes only under `allowed`.
+    pub fn confined(mut self, allowed: AllowedLocations) -> Self {
+        self.allowed = allowed;
+        self
     }
 
     pub fn context(&self) -> &SessionContext {

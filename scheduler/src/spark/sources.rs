@@ -57,6 +57,9 @@ impl Planner {
         if source.paths.is_empty() {
             return Err(EmberError::User(format!("read.{format}() needs a path")));
         }
+        for path in &source.paths {
+            self.allowed.check(path)?;
+        }
         if !source.predicates.is_empty() {
             return Err(unsupported("read option", "predicates"));
         }

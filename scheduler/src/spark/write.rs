@@ -92,6 +92,7 @@ impl Planner {
         } else {
             format!("{path}/")
         };
+        self.allowed.check(&folder)?;
         let exists = self.has_files(&folder).await?;
         match w.mode() {
             SaveMode::Append => {}

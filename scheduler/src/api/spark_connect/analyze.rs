@@ -16,7 +16,7 @@ use tonic::{Request, Status};
 
 use super::{SPARK_VERSION, SparkConnect, spark_error};
 use crate::runtime::Query;
-use crate::spark::{Planner, Translated, session_context, types};
+use crate::spark::{Translated, types};
 
 /// Settings a session starts with, as a Spark server reports them.
 /// (The client reads several before it sends rows of its own; local rows are always sent
@@ -87,7 +87,6 @@ impl SparkConnect {
         request: Request<sc::AnalyzePlanRequest>,
     ) -> std::result::Result<sc::AnalyzePlanResponse, Status> {
         let (session, request, owner) = self.session_of(request)?;
-        let ctx = session_context(self.scheduler.catalog_context(), Arc::clone(&session.views));
         let plan_of = |plan: Option<sc::Plan>| -> Result<sc::Relation> {
             match plan.and_then(|p| p.op_type) {
                 Some(OpType::Root(relation)) => Ok(relation),
@@ -97,9 +96,9 @@ impl SparkConnect {
             }
         };
         let translate = |relation: sc::Relation| {
-            let ctx = ctx.clone();
+            let mut planner = super::planner(&self.scheduler, &session);
             self.scheduler.planning(async move {
-                match Planner::new(ctx).root(&relation).await? {
+                match planner.root(&relation).await? {
                     Translated::Plan(plan) => Ok(plan),
                     Translated::Show { .. } => {
                         Err(EmberError::User("show() has no schema to analyze".into()))

@@ -29,7 +29,7 @@ use super::sessions::Session;
 use super::{ResponseStream, SparkConnect, spark_error};
 use crate::api::auth;
 use crate::runtime::{Query, Scheduler};
-use crate::spark::{Planner, Translated, session_context, show, types};
+use crate::spark::{Translated, show, types};
 
 /// How often a waiting operation checks that its client is still there.
 const POLL: Duration = Duration::from_secs(1);
@@ -266,12 +266,9 @@ impl Run {
 
     /// Translates a relation in this session (on the planning threads).
     async fn translate(&self, relation: sc::Relation) -> Result<Translated> {
-        let ctx = session_context(
-            self.scheduler.catalog_context(),
-            Arc::clone(&self.session.views),
-        );
+        let mut planner = super::planner(&self.scheduler, &self.session);
         self.scheduler
-            .planning(async move { Planner::new(ctx).root(&relation).await })
+            .planning(async move { planner.root(&relation).await })
             .await
     }
 
@@ -415,13 +412,10 @@ impl Run {
                 self.session.views.define(&view.name, plan, view.replace)
             }
             CommandType::WriteOperation(write) => {
-                let ctx = session_context(
-                    self.scheduler.catalog_context(),
-                    Arc::clone(&self.session.views),
-                );
+                let mut planner = super::planner(&self.scheduler, &self.session);
                 let plan = self
                     .scheduler
-                    .planning(async move { Planner::new(ctx).write(&write).await })
+                    .planning(async move { planner.write(&write).await })
                     .await?;
                 let Some(write) = plan else {
                     return Ok(()); // mode "ignore" and the target exists

@@ -232,6 +232,14 @@ impl SparkConnect {
     }
 }
 
+/// A planner for `session`: the cluster's catalog with the session's temporary views, reading
+/// and writing only where the cluster allows.
+fn planner(scheduler: &Scheduler, session: &sessions::Session) -> crate::spark::Planner {
+    let ctx =
+        crate::spark::session_context(scheduler.catalog_context(), Arc::clone(&session.views));
+    crate::spark::Planner::new(ctx).confined(scheduler.config.confinement.allowed_locations.clone())
+}
+
 fn not_supported(what: &str) -> Status {
     spark_error(&EmberError::User(format!(
         "Spark Connect: {what} is not supported by Ember (docs/spark-connect.md lists what is)"
