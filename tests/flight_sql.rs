@@ -13,8 +13,8 @@ use tonic::transport::Channel;
 use crate::etcd_support::EtcdCluster;
 use crate::support::TestCluster;
 use crate::support::{
-    ProcessCluster, assert_same_rows, datafusion_reference, register_tpch, spawn_guarded, tpch_dir,
-    write_ipc,
+    ProcessCluster, assert_same_rows, datafusion_reference, output_within, register_tpch,
+    spawn_guarded, tpch_dir, write_ipc,
 };
 
 const PYTHON_QUERIES: [usize; 7] = [1, 3, 5, 6, 10, 13, 18];
@@ -69,7 +69,7 @@ async fn adbc_python_client() {
         "/tests/python/flight_sql_adbc.py"
     );
     let queries: Vec<String> = PYTHON_QUERIES.iter().map(|q| q.to_string()).collect();
-    let mut child = spawn_guarded(
+    let child = spawn_guarded(
         Command::new("python3")
             .arg(script)
             .args(["--uri", &uri, "--tpch", &queries.join(",")])
@@ -81,16 +81,7 @@ async fn adbc_python_client() {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
-    let output = tokio::task::spawn_blocking(move || {
-        let stdout = std::io::read_to_string(child.0.stdout.take().unwrap()).unwrap();
-        let stderr = std::io::read_to_string(child.0.stderr.take().unwrap()).unwrap();
-        let status = child.0.wait().unwrap();
-        (status, stdout, stderr)
-    });
-    let (status, stdout, stderr) = tokio::time::timeout(Duration::from_secs(300), output)
-        .await
-        .expect("the ADBC script did not finish within 300 s")
-        .unwrap();
+    let (status, stdout, stderr) = output_within(child, Duration::from_secs(300)).await;
     assert!(
         status.success(),
         "the ADBC script failed ({status})\nstdout:\n{stdout}\nstderr:\n{stderr}"

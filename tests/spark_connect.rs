@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use crate::etcd_support::EtcdCluster;
 use crate::support::{
-    ProcessCluster, TestCluster, datafusion_reference, register_tpch, spawn_guarded, tpch_dir,
-    write_ipc,
+    ProcessCluster, TestCluster, datafusion_reference, output_within, register_tpch, spawn_guarded,
+    tpch_dir, write_ipc,
 };
 
 /// Runs `python3 args...` with `env`, within `timeout`; its exit status and output.
@@ -18,26 +18,18 @@ async fn python(
     env: Vec<(String, String)>,
     timeout: Duration,
 ) -> (bool, String) {
-    let mut child = spawn_guarded(
+    let child = spawn_guarded(
         Command::new("python3")
             .args(&args)
             .envs(env)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped()),
     );
-    let output = tokio::task::spawn_blocking(move || {
-        let stdout = std::io::read_to_string(child.0.stdout.take().unwrap()).unwrap();
-        let stderr = std::io::read_to_string(child.0.stderr.take().unwrap()).unwrap();
-        let status = child.0.wait().unwrap();
-        (
-            status.success(),
-            format!("stdout:\n{stdout}\nstderr:\n{stderr}"),
-        )
-    });
-    tokio::time::timeout(timeout, output)
-        .await
-        .expect("the Python client did not finish in time")
-        .unwrap()
+    let (status, stdout, stderr) = output_within(child, timeout).await;
+    (
+        status.success(),
+        format!("stdout:\n{stdout}\nstderr:\n{stderr}"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -483,3 +483,21 @@ pub fn write_ipc(path: &Path, batches: &[RecordBatch]) {
     }
     writer.finish().unwrap();
 }
+
+/// Waits for a child started with piped stdout and stderr, within `timeout`: its exit
+/// status, stdout and stderr.
+pub async fn output_within(
+    mut child: ChildGuard,
+    timeout: Duration,
+) -> (std::process::ExitStatus, String, String) {
+    let output = tokio::task::spawn_blocking(move || {
+        let stdout = std::io::read_to_string(child.0.stdout.take().unwrap()).unwrap();
+        let stderr = std::io::read_to_string(child.0.stderr.take().unwrap()).unwrap();
+        let status = child.0.wait().unwrap();
+        (status, stdout, stderr)
+    });
+    tokio::time::timeout(timeout, output)
+        .await
+        .unwrap_or_else(|_| panic!("the child did not finish within {timeout:?}"))
+        .unwrap()
+}

@@ -274,11 +274,6 @@ impl Scheduler {
         super::isolate::planned(planning).await
     }
 
-    /// The catalog every session plans in.
-    pub fn catalog_context(&self) -> &SessionContext {
-        &self.ctx
-    }
-
     /// Plans a SQL statement, binding `params` when given. DDL is run here (and kept in the
     /// catalog): `None` then.
     async fn plan_sql(

@@ -85,15 +85,7 @@ impl SessionViews {
         Ok(())
     }
 
-    /// Drops `name`; whether it existed.
-    pub fn drop_view(&self, name: &str) -> bool {
-        self.views
-            .write()
-            .remove(&name.to_ascii_lowercase())
-            .is_some()
-    }
-
-    pub fn names(&self) -> Vec<String> {
+    fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.views.read().keys().cloned().collect();
         names.sort();
         names

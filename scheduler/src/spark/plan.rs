@@ -63,10 +63,6 @@ impl Planner {
         self
     }
 
-    pub fn context(&self) -> &SessionContext {
-        &self.ctx
-    }
-
     /// A root relation: a plan, or a `show()`.
     pub async fn root(&mut self, rel: &Relation) -> Result<Translated> {
         if let Some(RelType::ShowString(show)) = &rel.rel_type {

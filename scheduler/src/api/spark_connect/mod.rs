@@ -235,8 +235,7 @@ impl SparkConnect {
 /// A planner for `session`: the cluster's catalog with the session's temporary views, reading
 /// and writing only where the cluster allows.
 fn planner(scheduler: &Scheduler, session: &sessions::Session) -> crate::spark::Planner {
-    let ctx =
-        crate::spark::session_context(scheduler.catalog_context(), Arc::clone(&session.views));
+    let ctx = crate::spark::session_context(scheduler.session(), Arc::clone(&session.views));
     crate::spark::Planner::new(ctx).confined(scheduler.config.confinement.allowed_locations.clone())
 }
 
